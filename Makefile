@@ -1,0 +1,10 @@
+.PHONY: setup test lab fmt bench
+setup:
+	./scripts/setup.sh
+test:
+	./scripts/test.sh
+lab: setup
+	.venv/bin/ftpalg lab
+fmt: setup
+	.venv/bin/ruff format ftpalg tests bench
+	.venv/bin/ruff check --fix ftpalg tests bench

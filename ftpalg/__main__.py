@@ -1,0 +1,3 @@
+from ftpalg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian/Ubuntu machine (run as root):
+# system packages for the lab (nftables, iproute2, real FTP servers and clients),
+# then a virtualenv in .venv with ftpalg and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(nftables iproute2 vsftpd lftp curl tcpdump conntrack procps make)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# pure-ftpd conflicts with vsftpd (both provide ftp-server): unpack it privately.
+if [ ! -x .lab-tools/pure-ftpd/usr/sbin/pure-ftpd ] && [ "$(id -u)" -eq 0 ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download pure-ftpd-common pure-ftpd >/dev/null 2>&1); then
+    mkdir -p .lab-tools/pure-ftpd
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" .lab-tools/pure-ftpd; done
+  else
+    echo "setup: pure-ftpd not available (its lab cases will report that)" >&2
+  fi
+  rm -rf "$tmp"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
