@@ -1,0 +1,300 @@
+"""Daemon configuration: defaults < TOML file (``--config``) < command line.
+
+Each value is checked where it enters, so an error names its source and key in one line:
+``config conf/x.toml: data_ports: 70000 is not a port (1-65535)`` or
+``--idle-timeout: -1 must be > 0``. A bad value in the file is an error even when a flag
+overrides it. Cross-key checks (low data ports) run after merging and name the source of the
+offending key. ``Config.__post_init__`` re-checks every invariant, so code that builds a
+``Config`` directly (tests, the lab) cannot make one the daemon would refuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from ftpalg import __version__
+from ftpalg.confvalues import (
+    Endpoint,
+    HostPort,
+    check_ifname,
+    check_port_range,
+    choice,
+    int_range,
+    parse_endpoint,
+    parse_host_port,
+    parse_port_range,
+    seconds,
+    str_then,
+    strings,
+    toml_port_range,
+    typed,
+    unique,
+)
+
+__all__ = [
+    "Config", "ConfigError", "Endpoint", "HostPort", "build_config", "build_parser", "load_toml",
+    "parse_endpoint", "parse_host_port", "parse_port_range",
+]  # fmt: skip
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+MIN_LINE, MAX_LINE = 512, 65536
+RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
+FTP_PORT = 21
+
+
+class ConfigError(Exception):
+    """A bad configuration. ``str(err)`` is one printable line; ``key`` names the option."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__("".join(c if c.isprintable() else ascii(c)[1:-1] for c in message))
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: tuple[Endpoint, ...] = (Endpoint(IPv4Address("0.0.0.0"), FTP_PORT),)
+    upstream: HostPort | None = None  # None: transparent mode (each original destination)
+    loose: bool = False
+    allow_low_data_ports: bool = False
+    data_ports: tuple[int, int] = (40000, 60999)  # inclusive
+    expect_timeout: float = 300.0
+    max_sessions: int = 1000
+    idle_timeout: float = 900.0
+    connect_timeout: float = 10.0
+    grace_period: float = 30.0
+    source_transparent: bool = False  # upstream socket bound to the client's own address
+    log_format: LogFormat = "json"
+    log_level: LogLevel = "info"
+    kernel_setup: bool = True
+    tproxy_mark: int = 1
+    route_table: int = 100
+    inside_interfaces: tuple[str, ...] = ()  # empty: divert from every interface
+    max_line: int = 4096
+
+    @property
+    def transparent(self) -> bool:
+        return self.upstream is None
+
+    def __post_init__(self) -> None:
+        for name, spec in _SPECS.items():
+            try:
+                spec.check(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}", key=name) from None
+            except TypeError:
+                kind = type(getattr(self, name)).__name__
+                raise ConfigError(f"{name}: wrong type {kind}", key=name) from None
+        lo, hi = self.data_ports
+        if lo < 1024 and not self.allow_low_data_ports:
+            msg = f"{lo}-{hi} includes ports below 1024 (set allow_low_data_ports to permit)"
+            raise ConfigError(f"data_ports: {msg}", key="data_ports")
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    from_toml: Callable[[Any], Any]  # TOML value -> field value
+    check: Callable[[Any], Any]  # validates a field value
+
+
+_BOOL = _Spec(typed("true or false", bool), typed("true or false", bool))
+_INT = typed("an integer", int)
+_NUMBER = typed("a number of seconds", int, float)
+_SPECS: dict[str, _Spec] = {
+    "listen": _Spec(strings(parse_endpoint), lambda v: unique(v, empty_ok=False)),
+    "upstream": _Spec(str_then(lambda s: parse_host_port(s, FTP_PORT)), lambda v: v),
+    "loose": _BOOL,
+    "allow_low_data_ports": _BOOL,
+    "data_ports": _Spec(toml_port_range, check_port_range),
+    "expect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
+    "max_sessions": _Spec(_INT, int_range(1, 1_000_000)),
+    "idle_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
+    "connect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
+    "grace_period": _Spec(_NUMBER, seconds(zero_ok=True)),
+    "source_transparent": _BOOL,
+    "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
+    "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
+    "kernel_setup": _BOOL,
+    "tproxy_mark": _Spec(_INT, int_range(1, 2**32 - 1)),
+    "route_table": _Spec(_INT, int_range(1, 2**32 - 1, RESERVED_TABLES)),
+    "inside_interfaces": _Spec(
+        strings(check_ifname), lambda v: unique(tuple(map(check_ifname, v)))
+    ),
+    "max_line": _Spec(_INT, int_range(MIN_LINE, MAX_LINE)),
+}
+
+
+# --- sources: the TOML file and the command line ---------------------------------------------
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into checked field values (keys as in ``Config``)."""
+    where = f"config {path}"
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: TOML syntax error: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        spec = _SPECS.get(key)
+        if spec is None:
+            close = difflib.get_close_matches(key, _SPECS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}", key=key)
+        try:
+            values[key] = spec.check(spec.from_toml(value))
+        except TypeError as exc:
+            got = type(value).__name__
+            raise ConfigError(f"{where}: {key}: expected {exc}, got {got}", key=key) from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}", key=key) from None
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raise ``ConfigError`` instead of printing usage and exiting (``--help`` still exits)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message.removeprefix("argument "))
+
+
+def _arg(conv: Callable[[str], Any], check: Callable[[Any], Any] = lambda v: v) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return check(conv(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+def _int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+_SECONDS_FLAGS = {  # flag: (help, default)
+    "expect_timeout": ("lifetime of an announced data endpoint", 300),
+    "idle_timeout": ("close a control session idle this long", 900),
+    "connect_timeout": ("give up connecting to a server or client after this", 10),
+    "grace_period": ("on SIGTERM, let running sessions finish for this long (0: none)", 30),
+}
+_INT_FLAGS = {  # flag: (metavar, help)
+    "max_sessions": ("N", "refuse control connections beyond N at once with 421 (default 1000)"),
+    "max_line": ("BYTES", f"longest control line, {MIN_LINE}-{MAX_LINE} (default 4096)"),
+    "tproxy_mark": ("N", "firewall mark used for TPROXY policy routing (default 1)"),
+    "route_table": ("N", "routing table holding the TPROXY local routes (default 100)"),
+}
+_SWITCHES = {  # flag: (dest, value, help)
+    "--loose": ("loose", True, "trust a third-party address in PORT/EPRT/227 (kernel loose=1)"),
+    "--strict": ("loose", False, "PORT/EPRT must name the client (else 500), a 227 is taken to "
+                 "mean the server itself; the default, overrides loose = true in the file"),
+    "--allow-low-data-ports": ("allow_low_data_ports", True,
+                               "accept data ports below 1024 in PORT/EPRT and --data-ports"),
+    "--source-transparent": ("source_transparent", True,
+                             "connect to the server from the client's own address"),
+    "--no-kernel-setup": ("kernel_setup", False, "do not install TPROXY routes and the "
+                          "nftables table (the operator manages them)"),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The daemon's flags. ``ftpalg lab ...`` is dispatched by ``cli.py`` before this."""
+    p = _Parser(
+        prog="ftpalg",
+        allow_abbrev=False,  # an operator's script must spell flags out
+        description="Transparent FTP application layer gateway for Linux NAT gateways. "
+        "Settings come from defaults, then --config FILE, then these flags.",
+    )
+    add = p.add_argument
+    add("--version", action="version", version=f"ftpalg {__version__}", help="print it, exit")
+    add("--config", metavar="FILE", help="TOML file; keys are the long option names with _")
+    add(
+        "--listen",
+        metavar="HOST:PORT",
+        action="append",
+        type=_arg(parse_endpoint),
+        help="accept control connections here; repeatable, IPv6 as [::]:21; "
+        "replaces the config file's list (default 0.0.0.0:21)",
+    )
+    add(
+        "--upstream",
+        metavar="HOST:PORT",
+        type=_arg(lambda s: parse_host_port(s, FTP_PORT)),
+        help="reverse mode: relay every session to this server (port defaults to 21); "
+        "without it, each connection goes to its original destination (transparent mode)",
+    )
+    add(
+        "--data-ports",
+        metavar="LO-HI",
+        type=_arg(parse_port_range),
+        help="ports for data listeners when the announced one is taken (default 40000-60999)",
+    )
+    add(
+        "--inside-interface",
+        dest="inside_interfaces",
+        metavar="IFNAME",
+        action="append",
+        type=_arg(check_ifname),
+        help="divert FTP arriving on this interface only; repeatable (default: all)",
+    )
+    add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
+    add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")
+    for name, (text, default) in _SECONDS_FLAGS.items():
+        check = _SPECS[name].check
+        help_ = f"{text}, in seconds (default {default})"
+        add("--" + name.replace("_", "-"), metavar="S", type=_arg(_float, check), help=help_)
+    for name, (metavar, help_) in _INT_FLAGS.items():
+        check = _SPECS[name].check
+        add("--" + name.replace("_", "-"), metavar=metavar, type=_arg(_int, check), help=help_)
+    mode = p.add_mutually_exclusive_group()
+    for flag, (dest, value, help_) in _SWITCHES.items():
+        group = mode if dest == "loose" else p
+        group.add_argument(flag, dest=dest, action="store_const", const=value, help=help_)
+    return p
+
+
+def build_config(argv: Sequence[str]) -> tuple[Config, argparse.Namespace]:
+    """Parse daemon flags into a ``Config``. Errors raise ``ConfigError`` (one line);
+    ``--help`` and ``--version`` print and raise ``SystemExit(0)`` as argparse does."""
+    args = build_parser().parse_args(list(argv))
+    source: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values = load_toml(args.config)
+        source = dict.fromkeys(values, f"config {args.config}: ")
+    for name in _SPECS:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = tuple(given) if isinstance(given, list) else given
+            flag = "--inside-interface" if name == "inside_interfaces" else name
+            source[name] = "--" + flag.replace("_", "-") + ": "
+    try:
+        return Config(**values), args
+    except ConfigError as exc:  # a cross-key check: name where the offending key came from
+        where = source.get(exc.key or "", "")
+        text = str(exc).split(": ", 1)[1] if where.startswith("--") else str(exc)
+        raise ConfigError(where + text, exc.key) from None

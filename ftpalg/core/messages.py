@@ -1,0 +1,142 @@
+"""Events (inputs, past tense) and actions (outputs, imperative) of a control session.
+
+The adapter feeds events to `Session.handle()` and carries out the returned actions in order.
+Identifiers: listener ids are chosen by the core; data connection ids by the adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftpalg.core.wire import Address
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+    @property
+    def other(self) -> Side:
+        return Side.SERVER if self is Side.CLIENT else Side.CLIENT
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: Address
+    port: int
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
+        )
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    side: Side
+    data: bytes  # b"" means EOF
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerOpened:
+    listener: int
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerFailed:
+    listener: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataAccepted:
+    listener: int
+    conn: int
+    peer: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DataFinished:
+    conn: int
+    accepted_to_dialed: int
+    dialed_to_accepted: int
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    pass
+
+
+Event = DataReceived | ListenerOpened | ListenerFailed | DataAccepted | DataFinished | TimerFired
+
+
+# ---- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    side: Side
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownWrite:
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenListener:
+    listener: int
+    host: Address
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseListener:
+    listener: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectData:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectData:
+    """Dial `target` from `source` (port 0 = any), then relay it with accepted conn `conn`."""
+
+    conn: int
+    target: Endpoint
+    source: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    event: str
+    level: str = "info"
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Action = (
+    Send
+    | ShutdownWrite
+    | CloseSession
+    | OpenListener
+    | CloseListener
+    | RejectData
+    | ConnectData
+    | Log
+)

@@ -1,0 +1,70 @@
+"""Policy (SPEC §4) and the FTP replies ftpalg itself sends.
+
+- Address mismatch: a PORT/EPRT naming an address other than the client's real one is refused
+  with 500 in strict mode (FTP bounce protection, RFC 2577); a 227 naming an address other
+  than the server's is taken to mean the server's own control address (what curl and OpenBSD
+  ftp-proxy do). `loose` trusts the stated address (kernel `loose=1`).
+- Data ports below 1024 in PORT/EPRT are refused with 500 unless allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftpalg.core.wire import Address, Kind, Match
+
+
+@dataclass(frozen=True, slots=True)
+class CorePolicy:
+    loose: bool = False
+    allow_low_data_ports: bool = False
+    data_ports: tuple[int, int] = (40000, 60999)
+    expect_timeout: float = 300.0
+    idle_timeout: float = 900.0
+    max_line: int = 4096
+    port_tries: int = 16
+
+
+def reply(code: int, text: str) -> bytes:
+    """One FTP reply line (RFC 959 §4.2): code, space, text, CRLF."""
+    return f"{code} {text}\r\n".encode("ascii", "backslashreplace")
+
+
+def malformed_reply(kind: Kind, reason: str) -> bytes:
+    return reply(501, f"Syntax error in {kind.value} parameters ({reason}).")
+
+
+def refusal_for_client(match: Match, client: Address, policy: CorePolicy) -> bytes | None:
+    """The 500 reply refusing a client PORT/EPRT, or None when policy lets it through."""
+    assert match.address is not None
+    if match.address != client and not policy.loose:
+        return reply(
+            500, f"Illegal {match.kind.value} command: {match.address} is not your address."
+        )
+    if match.port < 1024 and not policy.allow_low_data_ports:
+        return reply(500, f"Illegal {match.kind.value} command: data port {match.port} < 1024.")
+    return None
+
+
+def server_target(match: Match, server: Address, policy: CorePolicy) -> Address:
+    """Where a passive data connection really goes (229 names no address: the server)."""
+    if match.address is None or policy.loose:
+        return match.address or server
+    return server
+
+
+NO_PORT_FOR_ACTIVE = reply(500, "Illegal PORT command: no free data port on the gateway.")
+NO_PORT_FOR_PASSIVE = reply(425, "Can't open data connection: no free port on the gateway.")
+UNREPRESENTABLE = reply(500, "Illegal PORT command: use EPRT on this connection.")
+IDLE_TIMEOUT = reply(421, "Idle timeout, closing control connection.")
+TOO_MANY_SESSIONS = reply(421, "Too many sessions on the gateway, try again later.")
+NO_UPSTREAM = reply(421, "Service not available: no FTP server behind this address.")
+SHUTTING_DOWN = reply(421, "Service not available: the gateway is shutting down.")
+
+
+def upstream_failed(reason: str) -> bytes:
+    return reply(421, f"Service not available: cannot reach the FTP server ({reason}).")
+
+
+def framing_error(reason: str) -> bytes:
+    return reply(500, f"Command rejected: {reason}; closing control connection.")
