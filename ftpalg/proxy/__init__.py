@@ -1,0 +1,1 @@
+"""The asyncio adapter: listeners, the session driver, data relays."""

@@ -1,0 +1,104 @@
+"""`ftpalg` as a daemon: bind listeners, set up the kernel, run the loop, clean up.
+
+Order matters: listeners are bound first (a port in use is a one-line error before anything
+changes in the kernel); TPROXY routing and the nftables table are installed before the event
+loop starts (pyroute2 cannot run under uvloop) and removed after it ends, also on SIGTERM /
+SIGINT, which drain running transfers for the grace period first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from ftpalg.config import Config
+from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
+from ftpalg.logs import configure, get_logger
+from ftpalg.proxy.gateway import Gateway
+from ftpalg.proxy.sockets import make_listener
+
+
+def bind_listeners(config: Config) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    try:
+        for ep in config.listen:
+            sock = make_listener(ep.host, ep.port, transparent=config.transparent, backlog=1024)
+            sock.setblocking(False)
+            sockets.append(sock)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(exc.errno, f"cannot listen on {ep}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def kernel_for(config: Config, listeners: list[socket.socket]) -> KernelSetup | None:
+    if not config.transparent or not config.kernel_setup:
+        return None
+    ports = {4: None, 6: None} | {
+        (6 if s.family == socket.AF_INET6 else 4): s.getsockname()[1] for s in listeners
+    }
+    plan = NftPlan(
+        mark=config.tproxy_mark,
+        proxy_port_v4=ports[4],
+        proxy_port_v6=ports[6],
+        inside_ifaces=config.inside_interfaces,
+    )
+    return TproxyKernel(plan, route_table=config.route_table)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, the stdlib loop a fallback
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def serve(config: Config, listeners: list[socket.socket]) -> None:
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(config, loop)
+    await gateway.start(listeners)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    gateway.log.info("started", listen=[str(e) for e in config.listen],
+                     mode="reverse" if config.upstream else "transparent",
+                     upstream=str(config.upstream) if config.upstream else None,
+                     policy="loose" if config.loose else "strict")  # fmt: skip
+    await stop.wait()
+    gateway.log.info("stopping", sessions=len(gateway.sessions))
+    await gateway.shutdown(config.grace_period)
+
+
+def run_daemon(config: Config) -> int:
+    configure(config.log_format, config.log_level)
+    log = get_logger()
+    try:
+        listeners = bind_listeners(config)
+    except OSError as exc:
+        print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    kernel = kernel_for(config, listeners)
+    try:
+        if kernel is not None:
+            kernel.setup()
+    except (KernelSetupError, OSError) as exc:
+        for sock in listeners:
+            sock.close()
+        print(f"ftpalg: kernel setup failed: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(config, listeners))
+    finally:
+        if kernel is not None:
+            try:
+                kernel.teardown()
+            except (KernelSetupError, OSError) as exc:
+                log.error("kernel_teardown_failed", error=str(exc))
+    return 0

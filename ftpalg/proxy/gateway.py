@@ -1,0 +1,222 @@
+"""The gateway: control listeners, session admission, upstream connect, data dials, shutdown.
+
+How this works. Each accepted control connection is paused while ftpalg connects upstream:
+in transparent mode to the connection's original destination (`getsockname()` of the
+accepted socket), in reverse mode to the fixed `--upstream`. A transparent connection whose
+original destination is the gateway itself has no upstream and gets 421 (SPEC §1). When the
+upstream stands, the four faces are known and a `ControlSession` starts. Data relays run as
+gateway-owned tasks so they finish even after their control session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from ftpalg.config import Config
+from ftpalg.core import policy as P
+from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.session import Faces, Session
+from ftpalg.logs import get_logger
+from ftpalg.proxy.control import ControlSession, HalfProtocol, endpoint
+from ftpalg.proxy.sockets import is_local_address, make_dial_socket, set_control_options
+
+_ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+
+
+def core_policy(config: Config) -> P.CorePolicy:
+    return P.CorePolicy(
+        loose=config.loose,
+        allow_low_data_ports=config.allow_low_data_ports,
+        data_ports=config.data_ports,
+        expect_timeout=config.expect_timeout,
+        idle_timeout=config.idle_timeout,
+        max_line=config.max_line,
+    )
+
+
+class Gateway:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.policy = core_policy(config)
+        self.loop = loop
+        self.rng = random.SystemRandom()
+        self.log = get_logger()
+        self.sessions: set[ControlSession] = set()
+        self.admitting = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.data_tasks: set[asyncio.Task[None]] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self._ids = 0
+        self._conn_ids = 0
+        self.accepting = True
+
+    async def start(self, listeners: list[socket.socket]) -> None:
+        for sock in listeners:
+            server = await self.loop.create_server(
+                lambda: HalfProtocol(None, Side.CLIENT, self), sock=sock, backlog=1024
+            )
+            self.servers.append(server)
+
+    def next_conn_id(self) -> int:
+        self._conn_ids += 1
+        return self._conn_ids
+
+    def spawn(self, coro: Coroutine[Any, Any, None], data: bool = False) -> None:
+        """Run a gateway-owned task (`data`: a relay, which shutdown lets finish)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        if data:
+            self.data_tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.data_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error("internal_error", error=f"{type(exc).__name__}: {exc}")
+
+    # ---- admission ------------------------------------------------------------------------
+
+    def client_connected(self, half: HalfProtocol) -> None:
+        transport = half.transport
+        assert transport is not None
+        if not self.accepting or len(self.sessions) + self.admitting >= self.config.max_sessions:
+            reply = P.SHUTTING_DOWN if not self.accepting else P.TOO_MANY_SESSIONS
+            transport.write(reply)
+            transport.close()
+            client = str(endpoint(transport.get_extra_info("peername")))
+            self.log.warning("session_refused", reason=reply.decode().strip(), client=client)
+            return
+        self.admitting += 1
+        self.spawn(self._admit(half, transport))
+
+    async def _admit(self, half: HalfProtocol, transport: asyncio.Transport) -> None:
+        try:
+            await self._open_session(half, transport)
+        finally:
+            self.admitting -= 1
+
+    async def _upstream_for(self, local: Endpoint) -> Endpoint | None:
+        upstream = self.config.upstream
+        if upstream is not None:
+            infos = await self.loop.getaddrinfo(
+                upstream.host, upstream.port, type=socket.SOCK_STREAM
+            )
+            return endpoint(infos[0][4])
+        if is_local_address(local.host):
+            return None  # addressed to the gateway itself: no upstream (never loop back)
+        return local
+
+    async def _open_session(self, half: HalfProtocol, transport: asyncio.Transport) -> None:
+        self._ids += 1
+        sid = f"{self._ids:x}"
+        client = endpoint(transport.get_extra_info("peername"))
+        local = endpoint(transport.get_extra_info("sockname"))
+        log = self.log.bind(session=sid, client=str(client))
+        try:
+            upstream = await self._upstream_for(local)
+        except OSError as exc:
+            return self._refuse(transport, log, P.upstream_failed(f"resolve: {exc}"))
+        if upstream is None:
+            return self._refuse(transport, log, P.NO_UPSTREAM)
+        source = Endpoint(client.host, 0) if self.config.source_transparent else None
+        started = self.loop.time()
+        try:
+            up_sock = await self.dial(upstream, source)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            log.warning("upstream_connect_failed", upstream=str(upstream), error=reason)
+            return self._refuse(transport, log, P.upstream_failed(reason))
+        if half.lost:
+            up_sock.close()
+            return None
+        set_control_options(up_sock)
+        set_control_options(transport.get_extra_info("socket"))
+        faces = Faces(client, upstream, local, endpoint(up_sock.getsockname()))
+        control = ControlSession(self, sid, Session(faces, self.policy, started, self.rng), log)
+        control.attach(Side.CLIENT, half)
+        try:
+            await self.loop.create_connection(
+                lambda: HalfProtocol(control, Side.SERVER, self), sock=up_sock
+            )
+        except OSError as exc:
+            up_sock.close()
+            return self._refuse(transport, log, P.upstream_failed(str(exc)))
+        half.control = control
+        self.sessions.add(control)
+        log.info("session_opened", server=str(faces.server), server_face=str(faces.server_face),
+                 client_face=str(faces.client_face),
+                 mode="reverse" if self.config.upstream else "transparent",
+                 connect_ms=round((self.loop.time() - started) * 1000, 3))  # fmt: skip
+        if half.lost:
+            control.connection_lost(Side.CLIENT, None)
+        else:
+            transport.resume_reading()
+        return None
+
+    def _refuse(self, transport: asyncio.Transport, log: Any, reply: bytes) -> None:
+        if not transport.is_closing():
+            transport.write(reply)
+            transport.close()
+        log.warning("session_refused", reason=reply.decode("ascii", "replace").strip())
+
+    def session_ended(self, control: ControlSession) -> None:
+        self.sessions.discard(control)
+
+    # ---- dialing --------------------------------------------------------------------------
+
+    async def dial(self, target: Endpoint, source: Endpoint | None) -> socket.socket:
+        """Connect to `target` from `source` (None: any local address); port 0 = any.
+
+        A source port that cannot be used (in use, or the 4-tuple taken) falls back to any.
+        """
+        if source is None:
+            family = socket.AF_INET6 if target.host.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+        else:
+            try:
+                sock = make_dial_socket(source.host, source.port, transparent=True)
+            except OSError:
+                if source.port == 0:
+                    raise
+                return await self.dial(target, Endpoint(source.host, 0))
+        try:
+            address = (str(target.host), target.port)
+            await asyncio.wait_for(self.loop.sock_connect(sock, address),
+                                   self.config.connect_timeout)  # fmt: skip
+        except TimeoutError:
+            sock.close()
+            raise OSError(f"timed out after {self.config.connect_timeout:g} s") from None
+        except OSError as exc:
+            sock.close()
+            if source is not None and source.port != 0 and exc.errno in _ADDRESS_TAKEN:
+                return await self.dial(target, Endpoint(source.host, 0))
+            raise
+        return sock
+
+    # ---- shutdown -------------------------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let running transfers finish within `grace`, then close all."""
+        self.accepting = False
+        for server in self.servers:
+            server.close()
+        running = set(self.data_tasks)
+        if running:
+            self.log.info("draining", transfers=len(running), grace_seconds=grace)
+            await asyncio.wait(running, timeout=grace)
+        for control in list(self.sessions):
+            control.close("gateway shutting down", P.SHUTTING_DOWN)
+        for task in list(self.tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.log.info("stopped")

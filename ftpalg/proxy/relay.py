@@ -1,0 +1,305 @@
+"""The data relay: two connected TCP sockets, bytes copied both ways, zero-copy when possible.
+
+How this works: each direction (``a->b``, ``b->a``) is a small state machine driven by
+``loop.add_reader``/``loop.add_writer`` callbacks (no asyncio streams, so it runs the same on
+the stdlib loop and on uvloop). A direction owns a kernel pipe and alternates:
+
+    fill:  splice(src socket -> pipe)   only when the pipe is empty
+    drain: splice(pipe -> dst socket)   until the pipe is empty again
+
+It waits for *either* ``src`` readable (pipe empty) *or* ``dst`` writable (pipe holds bytes),
+never both; that is the back-pressure: a slow receiver stops the reads, and at most one pipe
+(256 KiB) per direction is ever held. Callbacks run at most ``_BUDGET`` steps, then yield to
+the loop (the registration is level-triggered, so they come back at once when still ready).
+
+Subtle rules:
+
+- Why fill only into an *empty* pipe: a pipe's capacity is counted in page slots, not bytes,
+  so splicing into a partly filled pipe can fail with EAGAIN although the socket has data;
+  waiting for "readable" then would spin. With an empty pipe, EAGAIN means "socket empty".
+- Half-close: EOF on ``src`` (splice/recv return 0) and an empty pipe ⇒ ``shutdown(dst,
+  SHUT_WR)``; that direction is done, the other keeps running. The relay ends when both are
+  done, or at the first error (a reset, EPIPE, a failed shutdown), then both sockets are
+  closed and the bytes delivered so far are reported with the error text.
+- Urgent (OOB) data: TCP splice stops at the urgent mark and then returns EAGAIN while the
+  socket polls readable — or 0 if a FIN follows, which would lose the bytes after the mark.
+  So both sockets get ``SO_OOBINLINE``, and when splice returns 0 or returns EAGAIN right
+  after a "readable" wake-up, the direction switches to ``recv_into``/``send`` with a
+  reusable buffer, which reads through the mark (and confirms a real EOF).
+- The same fallback is used from the start when splice fails with EINVAL/ENOSYS (a socket
+  type without splice), when no pipe can be made, or when ``zero_copy=False``.
+- Every exit path (done, error, cancellation of the awaiting task) removes the readers and
+  writers, closes both pipes and both sockets, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+from dataclasses import dataclass
+
+PIPE_SIZE = 256 * 1024
+BUFFER_SIZE = 256 * 1024
+_BUDGET = 16  # fill/drain steps per callback before yielding to the loop
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+_IDLE, _READ, _WRITE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """Bytes delivered each way, and the first error (None when both sides ended cleanly)."""
+
+    a_to_b: int
+    b_to_a: int
+    error: str | None
+
+
+class _RelayError(Exception):
+    pass
+
+
+def _describe(direction: str, op: str, exc: OSError) -> str:
+    text = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"{direction} {op}: {text}"
+
+
+class _Direction:
+    """One way of the relay: src -> (pipe | buffer) -> dst."""
+
+    def __init__(
+        self, relay: _Relay, name: str, src: socket.socket, dst: socket.socket, zero_copy: bool
+    ) -> None:
+        self.relay = relay
+        self.name = name
+        self.src = src
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.sent = 0
+        self.pending = 0  # bytes held in the pipe or the buffer
+        self.offset = 0  # start of pending bytes in the buffer
+        self.eof = False
+        self.done = False
+        self.waiting = _IDLE
+        self.pipe: tuple[int, int] | None = None
+        self.cap = BUFFER_SIZE
+        self.view: memoryview | None = None
+        if zero_copy:
+            self._open_pipe()
+        if self.pipe is None:
+            self._to_buffer_mode()
+
+    def _open_pipe(self) -> None:
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # out of fds or pipe quota: copy through a buffer instead
+        self.pipe = (r, w)
+        # Above fs.pipe-max-size or the user's pipe quota: keep the default size.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+
+    def _to_buffer_mode(self) -> None:
+        """Leave splice mode; bytes still in the pipe move into the buffer first."""
+        buf = memoryview(bytearray(max(BUFFER_SIZE, self.pending)))
+        if self.pipe is not None:
+            r, w = self.pipe
+            got = 0
+            while got < self.pending:
+                got += os.readv(r, [buf[got : self.pending]])
+            os.close(r)
+            os.close(w)
+            self.pipe = None
+        self.view = buf
+        self.offset = 0
+        self.cap = len(buf)
+
+    def close(self) -> None:
+        self._wait(_IDLE)
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None
+
+    def _wait(self, kind: int) -> None:
+        if kind == self.waiting:
+            return
+        loop = self.relay.loop
+        if self.waiting == _READ:
+            loop.remove_reader(self.src_fd)
+        elif self.waiting == _WRITE:
+            loop.remove_writer(self.dst_fd)
+        self.waiting = kind
+        if kind == _READ:
+            loop.add_reader(self.src_fd, self.on_readable)
+        elif kind == _WRITE:
+            loop.add_writer(self.dst_fd, self.on_writable)
+
+    def on_readable(self) -> None:
+        self.relay.run(self, woke_readable=True)
+
+    def on_writable(self) -> None:
+        self.relay.run(self, woke_readable=False)
+
+    def _fill(self, woke_readable: bool) -> int | None:
+        """Read into the empty pipe/buffer: byte count, 0 at EOF, None when nothing to read."""
+        if self.pipe is not None:
+            try:
+                n = os.splice(self.src_fd, self.pipe[1], self.cap, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                if not woke_readable:
+                    return None
+                n = 0  # readable but splice is stuck at an urgent mark: let recv decide
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE:
+                    raise _RelayError(_describe(self.name, "read", exc)) from exc
+                n = 0
+            if n > 0:
+                return n
+            self._to_buffer_mode()  # 0: EOF, or stuck at an urgent mark followed by FIN
+        assert self.view is not None
+        try:
+            return self.src.recv_into(self.view)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _RelayError(_describe(self.name, "read", exc)) from exc
+
+    def _drain(self) -> int | None:
+        """Write pending bytes to dst: count written, None when dst is full."""
+        if self.pipe is not None:
+            try:
+                n = os.splice(self.pipe[0], self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE:
+                    raise _RelayError(_describe(self.name, "write", exc)) from exc
+                self._to_buffer_mode()
+                return self._drain()
+            if n <= 0:
+                raise _RelayError(f"{self.name} write: splice moved no bytes")
+            return n
+        assert self.view is not None
+        try:
+            return self.dst.send(self.view[self.offset : self.offset + self.pending])
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _RelayError(_describe(self.name, "write", exc)) from exc
+
+    def pump(self, woke_readable: bool) -> bool:
+        """Move bytes until blocked or out of budget; True when this direction is finished."""
+        for _ in range(_BUDGET):
+            if self.pending == 0:
+                if self.eof:
+                    self._wait(_IDLE)
+                    try:
+                        self.dst.shutdown(socket.SHUT_WR)
+                    except OSError as exc:
+                        raise _RelayError(_describe(self.name, "shutdown", exc)) from exc
+                    self.done = True
+                    return True
+                n = self._fill(woke_readable)
+                woke_readable = False
+                if n is None:
+                    self._wait(_READ)
+                    return False
+                if n == 0:
+                    self.eof = True
+                    continue
+                self.pending = n
+                self.offset = 0
+            n = self._drain()
+            if n is None:
+                self._wait(_WRITE)
+                return False
+            self.pending -= n
+            self.offset += n
+            self.sent += n
+        self._wait(_READ if self.pending == 0 else _WRITE)
+        return False
+
+
+class _Relay:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        a: socket.socket,
+        b: socket.socket,
+        zero_copy: bool,
+    ) -> None:
+        self.loop = loop
+        self.socks = (a, b)
+        self.future: asyncio.Future[str | None] = loop.create_future()
+        self.closed = False
+        self.ab = _Direction(self, "a->b", a, b, zero_copy)
+        self.ba = _Direction(self, "b->a", b, a, zero_copy)
+
+    def start(self) -> None:
+        for sock in self.socks:
+            # Not TCP (odd callers): there is no urgent data to keep inline.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        self.run(self.ab, woke_readable=False)
+        self.run(self.ba, woke_readable=False)
+
+    def run(self, direction: _Direction, woke_readable: bool) -> None:
+        if self.closed or direction.done:
+            return
+        try:
+            direction.pump(woke_readable)
+        except _RelayError as exc:
+            self.finish(str(exc))
+            return
+        except Exception as exc:  # a bug must not leave fds registered
+            self.finish(f"{direction.name}: internal error: {exc!r}")
+            return
+        if self.ab.done and self.ba.done:
+            self.finish(None)
+
+    def finish(self, error: str | None) -> None:
+        self.close()
+        if not self.future.done():
+            self.future.set_result(error)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ab.close()
+        self.ba.close()
+        for sock in self.socks:
+            sock.close()
+
+    def result(self, error: str | None) -> RelayResult:
+        return RelayResult(self.ab.sent, self.ba.sent, error)
+
+
+async def relay(
+    a: socket.socket,
+    b: socket.socket,
+    *,
+    loop: asyncio.AbstractEventLoop | None = None,
+    zero_copy: bool = True,
+) -> RelayResult:
+    """Relay between two connected non-blocking TCP sockets until both directions end.
+
+    The relay owns ``a`` and ``b``: they are closed when it returns, fails or is cancelled.
+    ``zero_copy=False`` forces the ``recv_into``/``send`` path (benchmarks, tests).
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    state = _Relay(loop, a, b, zero_copy)
+    try:
+        state.start()
+        error = await state.future
+    finally:
+        state.close()
+    return state.result(error)

@@ -1,0 +1,273 @@
+"""The data relay on loopback TCP: byte-exact, half-close, back-pressure, errors, cleanup.
+
+Layout of every test: ``x <-> a`` and ``b <-> y`` are two loopback connections; the relay
+owns ``a`` and ``b``; the test drives the outer ends ``x`` and ``y``. Each test runs on the
+stdlib loop and on uvloop, with splice (``zero_copy=True``) and with the recv/send fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from ftpalg.proxy.relay import PIPE_SIZE, RelayResult, relay
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1024 * 1024
+Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main())
+
+    yield _run
+
+
+@pytest.fixture(params=[True, False], ids=["splice", "copy"])
+def zero_copy(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(outer, inner): a connected loopback TCP pair, both non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        outer = socket.create_connection(srv.getsockname())
+        inner, _ = srv.accept()
+    outer.setblocking(False)
+    inner.setblocking(False)
+    return outer, inner
+
+
+def four() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    x, a = tcp_pair()
+    y, b = tcp_pair()
+    return x, a, b, y
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+async def recv_all(sock: socket.socket) -> tuple[int, str]:
+    """Read to EOF: (length, sha256 hex)."""
+    loop = asyncio.get_running_loop()
+    digest = hashlib.sha256()
+    total = 0
+    buf = bytearray(256 * 1024)
+    while True:
+        n = await loop.sock_recv_into(sock, buf)
+        if n == 0:
+            return total, digest.hexdigest()
+        digest.update(memoryview(buf)[:n])
+        total += n
+
+
+def sha(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+SIZES = [0, 1, MiB, 64 * MiB]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["0B", "1B", "1MiB", "64MiB"])
+@pytest.mark.parametrize("way", ["a_to_b", "b_to_a", "both"])
+def test_byte_exact(run: Runner, zero_copy: bool, size: int, way: str) -> None:
+    up = payload(size, 1) if way in ("a_to_b", "both") else b""
+    down = payload(size, 2) if way in ("b_to_a", "both") else b""
+
+    async def main() -> None:
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            results = await asyncio.gather(
+                send_all(x, up), send_all(y, down), recv_all(y), recv_all(x)
+            )
+            assert results[2] == sha(up)
+            assert results[3] == sha(down)
+            assert await task == RelayResult(len(up), len(down), None)
+            assert a.fileno() == -1 and b.fileno() == -1
+
+    run(main)
+
+
+def test_half_close_keeps_other_direction(run: Runner, zero_copy: bool) -> None:
+    """x sends and shuts down its write side; y reads EOF, then still sends 8 MiB to x."""
+    late = payload(8 * MiB, 3)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            await send_all(x, b"hello")
+            assert await recv_all(y) == sha(b"hello")  # EOF reached y
+            assert not task.done()
+            await loop.sock_sendall(y, late[: MiB])
+            await asyncio.sleep(0.05)
+            assert not task.done()  # b->a still open after a->b finished
+            await send_all(y, late[MiB:])
+            assert await recv_all(x) == sha(late)
+            assert await task == RelayResult(5, len(late), None)
+
+    run(main)
+
+
+def test_back_pressure_bounds_buffering(run: Runner, zero_copy: bool) -> None:
+    """While y does not read, x can only push socket buffers + one pipe, not 64 MiB."""
+    data = payload(64 * MiB, 4)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            pushed = 0
+            deadline = loop.time() + 0.5
+            while loop.time() < deadline:
+                try:
+                    pushed += x.send(data[pushed : pushed + MiB])
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            # four socket buffers (autotuned, a few MiB each at most) + one pipe
+            assert pushed < 32 * MiB, pushed
+            reader = asyncio.create_task(recv_all(y))
+            await send_all(x, data[pushed:])
+            assert await reader == sha(data)
+            y.shutdown(socket.SHUT_WR)
+            assert await task == RelayResult(len(data), 0, None)
+
+    run(main)
+
+
+def test_peer_reset_reports_error_and_closes(run: Runner, zero_copy: bool) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = fd_count()
+        x, a, b, y = four()
+        task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+        await loop.sock_sendall(x, b"x" * 1000)
+        got = 0
+        while got < 1000:
+            got += len(await loop.sock_recv(y, 4096))
+        x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        x.close()  # RST towards a
+        result = await asyncio.wait_for(task, 10)
+        assert result.a_to_b == 1000 and result.b_to_a == 0
+        assert result.error is not None and "reset" in result.error.lower(), result.error
+        assert a.fileno() == -1 and b.fileno() == -1
+        try:
+            rest = await asyncio.wait_for(loop.sock_recv(y, 4096), 5)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""  # y sees the relay close b
+        y.close()
+        assert fd_count() == before
+
+    run(main)
+
+
+def test_write_to_vanished_peer_is_an_error(run: Runner, zero_copy: bool) -> None:
+    """y resets while x keeps sending: the relay stops with an error instead of buffering."""
+
+    async def main() -> None:
+        before = fd_count()
+        x, a, b, y = four()
+        with x:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            y.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            y.close()
+            sender = asyncio.create_task(send_all(x, payload(16 * MiB, 5)))
+            result = await asyncio.wait_for(task, 10)
+            assert result.error is not None, result
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert fd_count() == before
+
+    run(main)
+
+
+def test_cancellation_closes_both_sockets(run: Runner, zero_copy: bool) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = fd_count()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            await loop.sock_sendall(x, b"ping")
+            assert await loop.sock_recv(y, 16) == b"ping"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert a.fileno() == -1 and b.fileno() == -1
+            assert await asyncio.wait_for(loop.sock_recv(x, 16), 5) == b""
+            assert await asyncio.wait_for(loop.sock_recv(y, 16), 5) == b""
+        assert fd_count() == before
+
+    run(main)
+
+
+def test_urgent_data_is_relayed_inline(run: Runner, zero_copy: bool) -> None:
+    """TCP splice stops at the urgent mark; the relay must still deliver every byte."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            await loop.sock_sendall(x, b"abc")
+            x.send(b"!", socket.MSG_OOB)
+            await send_all(x, b"def" * 1000)
+            assert await asyncio.wait_for(recv_all(y), 10) == sha(b"abc!" + b"def" * 1000)
+            y.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(task, 10) == RelayResult(3004, 0, None)
+
+    run(main)
+
+
+def test_many_small_writes_keep_order(run: Runner, zero_copy: bool) -> None:
+    chunks = [os.urandom(random.Random(i).randint(1, 3000)) for i in range(500)]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            reader = asyncio.create_task(recv_all(y))
+            for i, chunk in enumerate(chunks):
+                await loop.sock_sendall(x, chunk)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            x.shutdown(socket.SHUT_WR)
+            assert await reader == sha(b"".join(chunks))
+            y.shutdown(socket.SHUT_WR)
+            assert (await task).error is None
+
+    run(main)
+
+
+def test_pipe_size_is_reasonable() -> None:
+    assert 64 * 1024 <= PIPE_SIZE <= 256 * 1024

@@ -1,0 +1,100 @@
+"""Reverse mode on loopback, no root: real pyftpdlib behind a real ftpalg process, real
+clients (Python ftplib and curl) in every data mode; every transfer compares sha256."""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.proxy.conftest import Alg, sha256
+
+
+def ftplib_session(alg: Alg, passive: bool) -> ftplib.FTP:
+    ftp = ftplib.FTP()
+    ftp.connect(alg.host, alg.port, timeout=10)
+    ftp.login("user", "secret")
+    ftp.set_pasv(passive)
+    return ftp
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 20])
+@pytest.mark.parametrize("passive", [True, False], ids=["pasv", "port"])
+def test_ftplib_download_and_upload(
+    reverse_alg: Alg, ftp_root: Path, tmp_path: Path, size: int, passive: bool
+) -> None:
+    (ftp_root / "src.bin").write_bytes(os.urandom(size))
+    local = tmp_path / "down.bin"
+    with ftplib_session(reverse_alg, passive) as ftp, local.open("wb") as out:
+        ftp.retrbinary("RETR src.bin", out.write)
+    assert sha256(local) == sha256(ftp_root / "src.bin")
+    with ftplib_session(reverse_alg, passive) as ftp, local.open("rb") as src:
+        ftp.storbinary("STOR up.bin", src)
+    assert sha256(ftp_root / "up.bin") == sha256(local)
+
+
+CURL_MODES = {"epsv": [], "pasv": ["--disable-epsv"], "eprt": ["-P", "-"],
+              "port": ["-P", "-", "--disable-eprt"]}  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+@pytest.mark.parametrize("mode", sorted(CURL_MODES))
+def test_curl_modes(reverse_alg: Alg, ftp_root: Path, tmp_path: Path, mode: str) -> None:
+    (ftp_root / "f.bin").write_bytes(os.urandom(300_000))
+    out = tmp_path / "f.bin"
+    url = f"ftp://user:secret@{reverse_alg.host}:{reverse_alg.port}/f.bin"
+    run = subprocess.run(["curl", "-sS", "--max-time", "20", *CURL_MODES[mode], url, "-o",
+                          str(out)], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert sha256(out) == sha256(ftp_root / "f.bin")
+
+
+def events(alg: Alg) -> list[dict[str, object]]:
+    return [json.loads(line) for line in alg.log_text().splitlines() if line.startswith("{")]
+
+
+def test_refusals_and_logs(reverse_alg: Alg) -> None:
+    with ftplib_session(reverse_alg, True) as ftp:
+        with pytest.raises(ftplib.error_perm, match=r"^500 .*is not your address"):
+            ftp.sendcmd("PORT 10,0,0,1,18,67")
+        with pytest.raises(ftplib.error_perm, match=r"^501 "):
+            ftp.sendcmd("PORT 1,2,3")
+        with pytest.raises(ftplib.error_perm, match=r"^500 .*< 1024"):
+            ftp.sendcmd("PORT 127,0,0,1,0,22")
+        assert ftp.sendcmd("NOOP").startswith("200")  # the session carries on
+    log = events(reverse_alg)
+    names = [e["event"] for e in log]
+    assert names.count("command_refused") == 2 and "malformed_command_refused" in names
+    assert not any("secret" in line for line in reverse_alg.log_text().splitlines())
+
+
+def test_line_limit_and_sigterm(reverse_alg: Alg) -> None:
+    with ftplib_session(reverse_alg, True) as ftp:
+        ftp.sock.sendall(b"NOOP " + b"x" * 5000 + b"\r\n")
+        reply = ftp.sock.recv(1000)
+        assert reply.startswith(b"500 ") and b"longer than 4096" in reply
+    reverse_alg.proc.send_signal(signal.SIGTERM)
+    assert reverse_alg.proc.wait(10) == 0
+    assert "stopped" in [e["event"] for e in events(reverse_alg)]
+
+
+def test_bad_flags_are_one_line_errors() -> None:
+    run = subprocess.run([sys.executable, "-m", "ftpalg", "--listen", "nonsense"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("ftpalg: ")
+
+
+def test_listener_in_use_is_a_one_line_error(reverse_alg: Alg) -> None:
+    run = subprocess.run([sys.executable, "-m", "ftpalg", "--listen",
+                          f"{reverse_alg.host}:{reverse_alg.port}", "--upstream", "127.0.0.1:21"],
+                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "cannot listen on" in run.stderr
