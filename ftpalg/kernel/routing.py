@@ -60,7 +60,9 @@ def _check(mark: int, table: int, families: Iterable[int]) -> tuple[int, ...]:
 @contextmanager
 def _ipr(netns: str | None) -> Iterator[Any]:
     # IPRoute(netns=NAME) *creates* a missing namespace: refuse instead.
-    if netns is not None and not os.path.exists(os.path.join(_NETNS_DIR, netns)):
+    if netns is not None and (
+        "/" in netns or netns in ("", ".", "..") or not os.path.exists(f"{_NETNS_DIR}/{netns}")
+    ):
         raise KernelSetupError(f"no such network namespace {netns!r}")
     try:
         ipr = IPRoute(netns=netns) if netns is not None else IPRoute()

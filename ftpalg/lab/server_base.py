@@ -1,0 +1,180 @@
+"""The server handle, its work directory, start-up and readiness, and test files.
+
+How this works: `workdir()` makes a private directory per server (`root/` served, `root/upload/`
+writable by the daemon's upload user). `launch()` starts the daemon in the lab's server
+namespace with stderr going to a file, registers `stop()` with the lab, and polls until the
+control port accepts a TCP connection made from inside the server namespace; a daemon that
+exits or never listens is stopped and reported with `ServerStartError` and its log tail.
+`make_file()` writes deterministic pseudo-random data quickly and returns its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import pwd
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftpalg.lab.clients import FtpTarget
+from ftpalg.lab.netns import IPAddress, Lab, LabError, LabUnavailable, stop_process
+
+# Where each server's log names the client: pyftpdlib "IP:PORT-[user]", vsftpd 'Client "IP"',
+# pure-ftpd's CLF transfer log "IP - user [date] ...".
+_CLIENT_RE = {
+    "pyftpdlib": re.compile(r"(\S+):\d+-\["),
+    "vsftpd": re.compile(r'Client "([^"]+)"'),
+    "pure-ftpd": re.compile(r"^(\S+) ", re.MULTILINE),
+}
+
+
+class ServerUnavailable(LabUnavailable):
+    """The server program is not installed here."""
+
+
+class ServerStartError(LabError):
+    """The server did not start or never accepted connections."""
+
+
+@dataclass
+class FtpServer:
+    kind: str
+    address: IPAddress
+    port: int
+    root: Path
+    upload_dir: Path
+    user: str | None
+    password: str | None
+    passive_ports: tuple[int, int]
+    workdir: Path
+    proc: subprocess.Popen[Any]
+    log_files: list[Path] = field(default_factory=list)
+
+    @property
+    def target(self) -> FtpTarget:
+        return FtpTarget(self.address, self.port, self.user, self.password)
+
+    def download_path(self, name: str) -> str:
+        """FTP path (relative to the login directory) of a file in `root`."""
+        return name
+
+    def upload_path(self, name: str) -> str:
+        """FTP path to upload `name` to; it arrives at `uploaded(name)`."""
+        return f"upload/{name}"
+
+    def uploaded(self, name: str) -> Path:
+        return self.upload_dir / name
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        parts = []
+        for path in self.log_files:
+            try:
+                parts.append(path.read_text(errors="replace"))
+            except OSError:
+                continue
+        return "".join(parts)
+
+    def seen_clients(self) -> set[str]:
+        """Client addresses the server's logs show (canonical text; IPv4-mapped as IPv4).
+
+        Includes the server namespace's own address from the start-up readiness probe.
+        """
+        found: set[str] = set()
+        for m in _CLIENT_RE[self.kind].finditer(self.log_text()):
+            try:
+                addr = ipaddress.ip_address(m.group(1))
+            except ValueError:
+                continue
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            found.add(str(addr))
+        return found
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def make_file(root: Path, name: str, size: int, seed: int | None = None) -> str:
+    """Write `size` deterministic pseudo-random bytes to root/name (mode 0644); return sha256."""
+    rng = random.Random(seed if seed is not None else f"{name}:{size}")
+    block = rng.randbytes(1 << 20)
+    digest = hashlib.sha256()
+    path = root / name
+    with open(path, "wb") as f:
+        written, i = 0, 0
+        while written < size:
+            k = (i * 7919) % len(block)  # rotate so consecutive MiB are not identical
+            chunk = (block[k:] + block[:k])[: size - written]
+            f.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+            i += 1
+    path.chmod(0o644)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def workdir(lab: Lab, kind: str, upload_owner: str | None) -> tuple[Path, Path, Path]:
+    work = Path(tempfile.mkdtemp(prefix=f"{lab.id}-{kind}-"))
+    work.chmod(0o755)  # daemons that drop privileges must reach root/
+    root = work / "root"
+    upload = root / "upload"
+    upload.mkdir(parents=True)
+    root.chmod(0o755)
+    if upload_owner:
+        pw = pwd.getpwnam(upload_owner)
+        os.chown(upload, pw.pw_uid, pw.pw_gid)
+    upload.chmod(0o755 if upload_owner else 0o777)
+    return work, root, upload
+
+
+def launch(
+    lab: Lab, kind: str, argv: list[str], server: dict[str, Any], ready_timeout: float
+) -> FtpServer:
+    work: Path = server["workdir"]
+    stderr_path = work / "stderr.log"
+    with open(stderr_path, "wb") as err:
+        proc = lab.popen("srv", argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    srv = FtpServer(kind=kind, proc=proc, **server)
+    srv.log_files.insert(0, stderr_path)
+    lab.on_close(srv.stop)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if not srv.running():
+            problem = f"exited with code {proc.returncode}"
+            break
+        if lab.can_connect("srv", srv.address, srv.port, timeout=0.5):
+            return srv
+        if time.monotonic() > deadline:
+            problem = f"did not accept connections within {ready_timeout:g} s"
+            break
+        time.sleep(0.05)
+    log = srv.log_text()[-3000:]
+    srv.stop()
+    raise ServerStartError(f"{kind} on {srv.address} port {srv.port} {problem}:\n{log}")
+
+
+def need_ftp_user() -> None:
+    try:
+        pwd.getpwnam("ftp")
+    except KeyError as exc:
+        raise ServerUnavailable("system user 'ftp' is missing (useradd -r ftp)") from exc

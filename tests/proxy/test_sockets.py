@@ -1,0 +1,185 @@
+"""Socket factories: loopback listeners and dial sockets; transparency in a private netns."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import NoReturn
+
+import pytest
+
+from ftpalg.proxy.sockets import (
+    IP_BIND_ADDRESS_NO_PORT,
+    IP_TRANSPARENT,
+    is_local_address,
+    make_dial_socket,
+    make_listener,
+    set_control_options,
+)
+
+V4 = IPv4Address("127.0.0.1")
+V6 = IPv6Address("::1")
+
+
+def has_ipv6_loopback() -> bool:
+    return is_local_address(V6)
+
+
+def test_listener_v4_loopback() -> None:
+    with make_listener(V4, 0, transparent=False) as lst:
+        host, port = lst.getsockname()
+        assert host == "127.0.0.1" and port > 0
+        assert not lst.getblocking()
+        assert lst.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        assert lst.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert lst.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT) == 0
+        assert not lst.get_inheritable()
+        with socket.create_connection((host, port), timeout=5):
+            lst.setblocking(True)
+            conn, _ = lst.accept()
+            conn.close()
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_listener_v6_loopback_is_v6only() -> None:
+    with make_listener(V6, 0, transparent=False) as lst:
+        host, port, *_ = lst.getsockname()
+        assert host == "::1" and port > 0
+        assert lst.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        with socket.create_connection(("::1", port), timeout=5):
+            pass
+
+
+def test_listener_bind_failure_raises_and_closes() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    with make_listener(V4, 0, transparent=False) as lst:
+        port = lst.getsockname()[1]
+        with pytest.raises(OSError) as info:
+            make_listener(V4, port, transparent=False)  # still LISTENing
+        assert info.value.errno == errno.EADDRINUSE
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_dial_socket_port_zero_defers_port_choice() -> None:
+    with make_listener(V4, 0, transparent=False) as lst:
+        port = lst.getsockname()[1]
+        with make_dial_socket(V4, 0, transparent=True) as d:
+            assert d.getsockname() == ("127.0.0.1", 0)  # no port reserved before connect
+            assert d.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) == 1
+            assert d.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT) == 0  # local source
+            assert not d.getblocking()
+            d.setblocking(True)
+            d.settimeout(5)
+            d.connect(("127.0.0.1", port))
+            assert d.getsockname()[1] > 0
+
+
+def test_dial_socket_fixed_port_and_reuse() -> None:
+    with make_listener(V4, 0, transparent=False) as lst:
+        port = lst.getsockname()[1]
+        a = make_dial_socket(V4, 0, transparent=False)
+        a.setblocking(True)
+        a.connect(("127.0.0.1", port))
+        src_port = a.getsockname()[1]
+        a.close()  # TIME_WAIT on our side
+        with make_dial_socket(V4, src_port, transparent=False) as b:
+            assert b.getsockname() == ("127.0.0.1", src_port)
+
+
+def test_is_local_address() -> None:
+    assert is_local_address(V4)
+    assert is_local_address(IPv4Address("127.0.0.2"))  # all of 127/8 is local
+    assert not is_local_address(IPv6Address("fe80::1"))  # link-local without scope
+
+
+def test_control_options() -> None:
+    with socket.socket() as s:
+        set_control_options(s)
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE) == 1
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+# --- lab: transparency needs root and addresses that exist only in our namespace ---------
+
+
+def unavailable(reason: str) -> NoReturn:
+    if os.environ.get("FTPALG_LAB_REQUIRED") == "1":
+        pytest.fail(
+            f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}", pytrace=False
+        )
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        unavailable("needs root for network namespaces and IP_TRANSPARENT")
+    name = f"fk{secrets.token_hex(3)}-s"
+    made = False
+    try:
+        for cmd in (["ip", "netns", "add", name], ["ip", "-n", name, "link", "set", "lo", "up"]):
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            except FileNotFoundError:
+                unavailable("'ip' is not installed")
+            if proc.returncode != 0:
+                unavailable(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+            made = True
+        yield name
+    finally:
+        if made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+PROBE = """
+import errno, json, socket
+from ipaddress import ip_address
+from ftpalg.proxy.sockets import *
+out = {}
+for host in ("198.51.100.7", "2001:db8::7"):
+    addr = ip_address(host)
+    level, opt = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if addr.version == 6 else (
+        socket.IPPROTO_IP, IP_TRANSPARENT)
+    r = {"local": is_local_address(addr)}
+    try:
+        make_listener(addr, 2100, transparent=False).close()
+        r["plain"] = "bound"
+    except OSError as exc:
+        r["plain"] = errno.errorcode[exc.errno]
+    with make_listener(addr, 2100, transparent=True) as lst:
+        r["listener"] = list(lst.getsockname()[:2])
+        r["listener_transparent"] = lst.getsockopt(level, opt)
+    with make_dial_socket(addr, 20, transparent=True) as d:
+        r["dial"] = list(d.getsockname()[:2])
+        r["dial_transparent"] = d.getsockopt(level, opt)
+    out[host] = r
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.lab
+def test_transparent_listener_on_non_local_address(netns: str) -> None:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for host in ("198.51.100.7", "2001:db8::7"):
+        r = out[host]
+        assert r["local"] is False
+        assert r["plain"] == "EADDRNOTAVAIL"
+        assert r["listener"] == [str(ip_address(host)), 2100]
+        assert r["listener_transparent"] == 1
+        assert r["dial"] == [host, 20]
+        assert r["dial_transparent"] == 1
