@@ -62,6 +62,13 @@ class DataAccepted:
 
 
 @dataclass(frozen=True, slots=True)
+class DataConnected:
+    """The dial for `conn` succeeded; the relay runs."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
 class DataFinished:
     conn: int
     accepted_to_dialed: int
@@ -75,7 +82,15 @@ class TimerFired:
     pass
 
 
-Event = DataReceived | ListenerOpened | ListenerFailed | DataAccepted | DataFinished | TimerFired
+Event = (
+    DataReceived
+    | ListenerOpened
+    | ListenerFailed
+    | DataAccepted
+    | DataConnected
+    | DataFinished
+    | TimerFired
+)
 
 
 # ---- actions ------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ side and handled one at a time: ordinary lines are forwarded unchanged; a PORT/E
 or 227/229 (server) is checked against policy and, when allowed, held while a listener is
 opened on the receiver's face (the four faces of SPEC §2), then forwarded with only its
 address/port span rewritten to "the sender's address as seen by the receiver". Later lines
-from the same side wait behind a held line, so order is always kept. See expect.py for the
-life of the announced data connection, ledger.py for the kernel's seq correction record.
+from the same side wait behind a held line, so order is always kept. Likewise, while ftpalg
+dials the far end of an accepted data connection, control lines from the side that connected
+wait: end to end, a `226` can never overtake the data connection it reports on (a server
+that sends an empty file in active mode would otherwise finish before the client is dialed).
+See expect.py for the life of the announced data connection, ledger.py for the kernel's seq
+correction record.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ftpalg.core.messages import (
     CloseSession,
     ConnectData,
     DataAccepted,
+    DataConnected,
     DataFinished,
     DataReceived,
     Endpoint,
@@ -69,6 +74,7 @@ class Session:
         self._eof_seen = {CLIENT: False, SERVER: False}
         self._eof_done = {CLIENT: False, SERVER: False}
         self._data: dict[int, DataConnection] = {}
+        self._dialing: dict[int, Side] = {}  # conn -> the side whose lines wait for the dial
         self._last_activity = now
         self._next_listener = 1
 
@@ -87,7 +93,10 @@ class Session:
             self._on_listener_failed(event, now, out)
         elif isinstance(event, DataAccepted):
             self._on_data_accepted(event, now, out)
+        elif isinstance(event, DataConnected):
+            self._release_dial(event.conn, now, out)
         elif isinstance(event, DataFinished):
+            self._release_dial(event.conn, now, out)
             self._on_data_finished(event, now, out)
         elif isinstance(event, TimerFired):
             self._on_timer(now, out)
@@ -124,12 +133,15 @@ class Session:
         self._held[side].extend(self._framers[side].feed(data))
         self._drain(side, now, out)
 
+    def _blocked(self, side: Side) -> bool:
+        return self._opening[side] is not None or side in self._dialing.values()
+
     def _drain(self, side: Side, now: float, out: list[Action]) -> None:
         held = self._held[side]
-        while held and self._opening[side] is None and not self.closed:
+        while held and not self._blocked(side) and not self.closed:
             offset, line = held.popleft()
             self._line(side, offset, line, now, out)
-        if held or self._opening[side] is not None:
+        if held or self._blocked(side):
             return
         error = self._framers[side].error
         if error is not None and not self.closed:  # after the lines before it, in order
@@ -276,6 +288,7 @@ class Session:
         out.append(CloseListener(exp.listener))
         source_port = ev.peer.port if exp.kind.from_client else 0  # active data keeps port 20
         self._data[ev.conn] = DataConnection(exp.kind, exp.target, now)
+        self._dialing[ev.conn] = SERVER if exp.kind.from_client else CLIENT
         out.append(ConnectData(ev.conn, exp.target, Endpoint(exp.dial_from, source_port)))
         out.append(
             Log("data_accepted", "info", {
@@ -283,6 +296,11 @@ class Session:
                 "mode": "active" if exp.kind.from_client else "passive",
             })
         )  # fmt: skip
+
+    def _release_dial(self, conn: int, now: float, out: list[Action]) -> None:
+        side = self._dialing.pop(conn, None)
+        if side is not None:
+            self._drain(side, now, out)
 
     def _on_data_finished(self, ev: DataFinished, now: float, out: list[Action]) -> None:
         conn = self._data.pop(ev.conn, None)

@@ -76,7 +76,7 @@ def _run(
 ) -> tuple[int, str, str, float]:
     start = time.monotonic()
     try:
-        cp = lab.run("cli", argv, timeout=timeout, input=input)
+        cp = lab.run(lab.client_role, argv, timeout=timeout, input=input)
     except LabError as exc:
         return -1, "", str(exc), time.monotonic() - start
     return cp.returncode, cp.stdout, cp.stderr, time.monotonic() - start
@@ -259,3 +259,34 @@ def ftplib_upload(
     timeout: float = 30.0,
 ) -> TransferResult:
     return ftplib_transfer(lab, target, remote, local, True, passive, timeout)
+
+
+# Every client mode of the lab matrix: name -> (client program, passive, curl mode)
+CLIENT_MODES: dict[str, tuple[str, bool, CurlMode]] = {
+    "curl-epsv": ("curl", True, "epsv"),
+    "curl-pasv": ("curl", True, "pasv"),
+    "curl-eprt": ("curl", False, "eprt"),
+    "curl-port": ("curl", False, "port"),
+    "lftp-passive": ("lftp", True, "epsv"),
+    "lftp-active": ("lftp", False, "eprt"),
+    "ftplib-pasv": ("ftplib", True, "pasv"),
+    "ftplib-port": ("ftplib", False, "port"),
+}
+
+
+def run_transfer(
+    lab: Lab,
+    mode: str,
+    target: FtpTarget,
+    remote: str,
+    local: Path,
+    upload: bool = False,
+    timeout: float = 30.0,
+) -> TransferResult:
+    """One transfer with a client mode from CLIENT_MODES (download unless `upload`)."""
+    program, passive, curl_mode = CLIENT_MODES[mode]
+    if program == "curl":
+        return curl_transfer(lab, target, remote, local, upload, curl_mode, timeout)
+    if program == "lftp":
+        return lftp_transfer(lab, target, remote, local, upload, passive, timeout)
+    return ftplib_transfer(lab, target, remote, local, upload, passive, timeout)

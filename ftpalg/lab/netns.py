@@ -78,6 +78,10 @@ class Lab:
         )
         n = subnet if subnet is not None else 100 + secrets.randbelow(151)
         self.addresses = LabAddresses.for_subnet(n)
+        # where FTP servers and clients run; a reverse-proxy lab swaps them (the server on the
+        # private inside network, clients outside)
+        self.server_role: Role = "srv"
+        self.client_role: Role = "cli"
         self._created: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
         self._cleanups: list[Callable[[], None]] = []

@@ -153,7 +153,7 @@ def launch(
     work: Path = server["workdir"]
     stderr_path = work / "stderr.log"
     with open(stderr_path, "wb") as err:
-        proc = lab.popen("srv", argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        proc = lab.popen(lab.server_role, argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     srv = FtpServer(kind=kind, proc=proc, **server)
     srv.log_files.insert(0, stderr_path)
     lab.on_close(srv.stop)
@@ -162,7 +162,7 @@ def launch(
         if not srv.running():
             problem = f"exited with code {proc.returncode}"
             break
-        if lab.can_connect("srv", srv.address, srv.port, timeout=0.5):
+        if lab.can_connect(lab.server_role, srv.address, srv.port, timeout=0.5):
             return srv
         if time.monotonic() > deadline:
             problem = f"did not accept connections within {ready_timeout:g} s"

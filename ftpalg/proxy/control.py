@@ -23,6 +23,7 @@ from ftpalg.core.messages import (
     CloseSession,
     ConnectData,
     DataAccepted,
+    DataConnected,
     DataFinished,
     Endpoint,
     Event,
@@ -228,6 +229,7 @@ class ControlSession:
             accepted.close()
             result_error = f"connect {action.target}: {exc.strerror or exc}"
         else:
+            self.handle_event(DataConnected(action.conn))
             result = await relay(accepted, dialed)
             a_to_d, d_to_a, result_error = result.a_to_b, result.b_to_a, result.error
         seconds = self.loop.time() - start

@@ -244,6 +244,7 @@ class _Relay:
 
     def start(self) -> None:
         for sock in self.socks:
+            sock.setblocking(False)
             # Not TCP (odd callers): there is no urgent data to keep inline.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)

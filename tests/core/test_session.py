@@ -7,6 +7,7 @@ from ftpalg.core.messages import (
     CloseSession,
     ConnectData,
     DataAccepted,
+    DataConnected,
     DataFinished,
     ListenerFailed,
     ListenerOpened,
@@ -213,3 +214,25 @@ def test_mixed_family_port_refused() -> None:
     assert sends(out, SERVER) == [
         b"EPRT |2|2001:0db8:0000:0000:0000:0000:0000:0005|4675|\r\n"
     ]  # family translation falls out of the EPRT format
+
+
+def test_control_lines_wait_while_the_data_connection_is_dialed() -> None:
+    s = new_session()
+    s.receive(CLIENT, b"PORT 172,20,9,84,18,67\r\n", 0.0)
+    s.handle(ListenerOpened(1, 4675), 0.0)
+    s.handle(DataAccepted(1, 7, ep("172.20.9.80:20")), 0.0)
+    # the server already finished an empty file: its 226 must not overtake the data connection
+    assert sends(s.receive(SERVER, b"226 Transfer complete.\r\n", 0.0), CLIENT) == []
+    assert sends(s.receive(CLIENT, b"NOOP\r\n", 0.0), SERVER) == [b"NOOP\r\n"]
+    acts = s.handle(DataConnected(7), 0.0)
+    assert sends(acts, CLIENT) == [b"226 Transfer complete.\r\n"]
+
+
+def test_failed_dial_releases_held_lines() -> None:
+    s = new_session()
+    s.receive(SERVER, b"229 (|||6446|)\r\n", 0.0)
+    s.handle(ListenerOpened(1, 6446), 0.0)
+    s.handle(DataAccepted(1, 2, ep("172.20.9.84:1")), 0.0)
+    assert s.receive(CLIENT, b"RETR x\r\n", 0.0) == []  # passive: client lines wait
+    acts = s.handle(DataFinished(2, 0, 0, 0.1, error="connect refused"), 0.0)
+    assert sends(acts, SERVER) == [b"RETR x\r\n"]

@@ -13,7 +13,7 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -24,14 +24,14 @@ from ftpalg.proxy.relay import PIPE_SIZE, RelayResult, relay
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1024 * 1024
-Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
+Runner = Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Iterator[Runner]:
     factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
 
-    def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+    def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(main())
 

@@ -1,0 +1,80 @@
+"""Run ftpalg itself inside a lab namespace (normally the gateway), as a real process.
+
+How this works: `start_ftpalg()` launches `python -m ftpalg ...` with JSON logs into a file
+in the lab's namespace, waits for the `started` event (or reports the process's own one-line
+error and log tail), and registers a stop with the lab, so the daemon is always gone — and
+has removed its kernel state — before the namespaces are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ftpalg.lab.netns import Lab, LabError, Role
+
+
+class AlgProcess:
+    def __init__(self, lab: Lab, proc: subprocess.Popen[Any], log: Path) -> None:
+        self.lab = lab
+        self.proc = proc
+        self.log = log
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("event") == event]
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (graceful: drain, remove kernel state); SIGKILL if it does not end."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_ftpalg(
+    lab: Lab, args: list[str], role: Role = "gw", ready_timeout: float = 15.0
+) -> AlgProcess:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{lab.id}-ftpalg-"))
+    log = workdir / "ftpalg.log"
+    argv = [sys.executable, "-m", "ftpalg", *args, "--log-format", "json"]
+    with log.open("wb") as out:
+        proc = lab.popen(role, argv, stdout=out, stderr=subprocess.STDOUT,
+                         env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+    alg = AlgProcess(lab, proc, log)
+    lab.on_close(alg.close)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if alg.named("started"):
+            return alg
+        if proc.poll() is not None:
+            raise LabError(f"ftpalg exited with {proc.returncode}: {alg.tail(5)}")
+        time.sleep(0.05)
+    alg.stop()
+    raise LabError(f"ftpalg did not start within {ready_timeout:g} s: {alg.tail(5)}")
