@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     LabHandler.permit_foreign_addresses = False
     LabHandler.banner = "ftpalg lab pyftpdlib ready."
 
+    # FTPALG_LAB_LOG_COMMANDS=1: log every command received ("<- PORT ...") for tests that
+    # must prove what the server saw
+    level = logging.DEBUG if os.environ.get("FTPALG_LAB_LOG_COMMANDS") == "1" else logging.INFO
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(message)s"
     )
     server = FTPServer((args.address, args.port), LabHandler)
 

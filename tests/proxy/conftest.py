@@ -87,19 +87,28 @@ class Alg:
         return self.log.read_text()
 
 
-@pytest.fixture
-def reverse_alg(ftp_server: int, tmp_path: Path) -> Iterator[Alg]:
+def launch_alg(tmp_path: Path, upstream_port: int, *extra: str) -> Alg:
     """ftpalg on 127.0.0.2 in front of the server on 127.0.0.1 (reverse mode)."""
     port = free_port("127.0.0.2")
-    log = tmp_path / "ftpalg.log"
+    log = tmp_path / f"ftpalg-{port}.log"
     args = [sys.executable, "-m", "ftpalg", "--listen", f"127.0.0.2:{port}",
-            "--upstream", f"127.0.0.1:{ftp_server}",
-            "--log-format", "json", "--grace-period", "2"]  # fmt: skip
+            "--upstream", f"127.0.0.1:{upstream_port}",
+            "--log-format", "json", "--grace-period", "2", *extra]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
     try:
         wait_port("127.0.0.2", port, proc)
-        yield Alg(proc, "127.0.0.2", port, log)
-    finally:
+    except BaseException:
         stop(proc)
+        raise
+    return Alg(proc, "127.0.0.2", port, log)
+
+
+@pytest.fixture
+def reverse_alg(ftp_server: int, tmp_path: Path) -> Iterator[Alg]:
+    alg = launch_alg(tmp_path, ftp_server)
+    try:
+        yield alg
+    finally:
+        stop(alg.proc)

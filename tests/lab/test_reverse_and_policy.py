@@ -1,0 +1,141 @@
+"""Reverse mode in front of legacy servers on a private network, and strict vs --loose with a
+client whose PORT names another address (issue 3); real servers and clients, sha256 checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, run_transfer
+from ftpalg.lab.gateway import apply_closed_gateway
+from ftpalg.lab.netns import Lab
+from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
+from tests.lab.conftest import start_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+
+REVERSE_KINDS = {"pyftpdlib": 21, "vsftpd": 2121}
+
+
+@dataclass
+class Reverse:
+    lab: Lab
+    servers: dict[str, tuple[FtpServer, AlgProcess, FtpTarget, str]]
+
+
+@pytest.fixture(scope="module")
+def reverse() -> Iterator[Reverse]:
+    """Servers on the private inside network (10.N.1.2); clients outside; ftpalg on the
+    gateway's own outside address, one instance per legacy server."""
+    lab = start_lab()
+    try:
+        lab.server_role, lab.client_role = "cli", "srv"
+        apply_closed_gateway(lab)
+        a = lab.addresses
+        found = {}
+        for kind, port in REVERSE_KINDS.items():
+            srv = start_server(lab, kind, a.client_v4, port)
+            digest = make_file(srv.root, "f.bin", 3 << 20)
+            alg = start_ftpalg(lab, ["--listen", f"{a.gw_outside_v4}:{port}",
+                                     "--upstream", f"{a.client_v4}:{port}"])  # fmt: skip
+            target = FtpTarget(a.gw_outside_v4, port, srv.user, srv.password)
+            found[kind] = (srv, alg, target, digest)
+        yield Reverse(lab, found)
+    finally:
+        lab.close()
+
+
+@pytest.mark.parametrize("mode", list(CLIENT_MODES))
+@pytest.mark.parametrize("kind", list(REVERSE_KINDS))
+def test_reverse_mode_all_clients(reverse: Reverse, kind: str, mode: str, tmp_path: Path) -> None:
+    srv, _, target, digest = reverse.servers[kind]
+    down = run_transfer(reverse.lab, mode, target, "f.bin", tmp_path / "down.bin")
+    assert down.ok, down.detail
+    assert down.sha256 == digest
+    name = f"up-{mode}.bin"
+    up = run_transfer(reverse.lab, mode, target, srv.upload_path(name), tmp_path / "down.bin",
+                      upload=True)  # fmt: skip
+    assert up.ok, up.detail
+    assert sha256_file(srv.uploaded(name)) == digest
+
+
+def test_reverse_227_names_the_private_address_and_is_rewritten(reverse: Reverse) -> None:
+    a = reverse.lab.addresses
+    rewrites = [e for _, alg, _, _ in reverse.servers.values() for e in alg.named("rewrite")]
+    pasv = [e for e in rewrites if e["kind"] == "227"]
+    assert pasv, "no 227 seen"
+    private = ",".join(str(a.client_v4).split("."))
+    public = ",".join(str(a.gw_outside_v4).split("."))
+    assert all(private in e["before"] and public in e["after"] for e in pasv)
+    # the legacy server sees the gateway's inside address, never the outside client
+    for srv, _, _, _ in reverse.servers.values():
+        assert srv.seen_clients() - {str(a.client_v4)} == {str(a.gw_inside_v4)}
+
+
+THIRD_PARTY_SCRIPT = """
+import ftplib, socket, sys
+host, third = sys.argv[1], sys.argv[2]
+ftp = ftplib.FTP()
+ftp.connect(host, 21, timeout=10)
+ftp.login("lab", "lab")
+listener = socket.create_server((third, 0))
+listener.settimeout(10)
+port = listener.getsockname()[1]
+ftp.sendcmd("TYPE I")
+numbers = ",".join(third.split(".") + [str(port >> 8), str(port & 255)])
+try:
+    print("PORT", ftp.sendcmd("PORT " + numbers))
+except ftplib.error_perm as exc:
+    print("PORT", exc)
+    try:
+        print("RETR", ftp.sendcmd("RETR f.bin"))
+    except ftplib.Error as exc2:
+        print("RETR", exc2)
+    sys.exit(0)
+ftp.putcmd("RETR f.bin")
+print("RETR", ftp.getresp())
+conn, peer = listener.accept()
+data = b""
+while chunk := conn.recv(65536):
+    data += chunk
+import hashlib
+print("DATA", peer[0], hashlib.sha256(data).hexdigest())
+print("END", ftp.voidresp())
+"""
+
+
+def test_strict_refuses_and_loose_trusts_a_third_party_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FTPALG_LAB_LOG_COMMANDS", "1")
+    lab = start_lab()
+    try:
+        apply_closed_gateway(lab)
+        a = lab.addresses
+        third = f"10.{a.subnet}.1.3"
+        lab.run("cli", ["ip", "addr", "add", f"{third}/24", "dev", lab.ifnames.client], check=True)
+        srv = start_server(lab, "pyftpdlib", a.server_v4)
+        digest = make_file(srv.root, "f.bin", 1 << 20)
+        argv = ["python3", "-c", THIRD_PARTY_SCRIPT, str(a.server_v4), third]
+
+        strict = start_ftpalg(lab, ["--listen", "0.0.0.0:21"])
+        out = lab.run("cli", argv, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert f"500 Illegal PORT command: {third} is not your address." in out.stdout
+        assert "<- PORT" not in srv.log_text() and "<- RETR" in srv.log_text()  # never saw it
+        assert strict.named("command_refused")
+        strict.stop()
+
+        loose = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--loose"])
+        out = lab.run("cli", argv, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "PORT 200" in out.stdout
+        assert f"DATA {a.server_v4} {digest}" in out.stdout  # dialed to the third address
+        (accepted,) = loose.named("data_accepted")
+        assert accepted["target"].startswith(f"{third}:")
+    finally:
+        lab.close()
