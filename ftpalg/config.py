@@ -71,6 +71,7 @@ class Config:
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
+    line_timeout: float = 60.0
     connect_timeout: float = 10.0
     grace_period: float = 30.0
     source_transparent: bool = False  # upstream socket bound to the client's own address
@@ -119,6 +120,7 @@ _SPECS: dict[str, _Spec] = {
     "expect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
     "max_sessions": _Spec(_INT, int_range(1, 1_000_000)),
     "idle_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
+    "line_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
     "connect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
     "grace_period": _Spec(_NUMBER, seconds(zero_ok=True)),
     "source_transparent": _BOOL,
@@ -199,6 +201,7 @@ def _int(text: str) -> int:
 _SECONDS_FLAGS = {  # flag: (help, default)
     "expect_timeout": ("lifetime of an announced data endpoint", 300),
     "idle_timeout": ("close a control session idle this long", 900),
+    "line_timeout": ("close a session whose command line stays incomplete this long", 60),
     "connect_timeout": ("give up connecting to a server or client after this", 10),
     "grace_period": ("on SIGTERM, let running sessions finish for this long (0: none)", 30),
 }

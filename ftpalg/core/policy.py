@@ -21,6 +21,7 @@ class CorePolicy:
     data_ports: tuple[int, int] = (40000, 60999)
     expect_timeout: float = 300.0
     idle_timeout: float = 900.0
+    line_timeout: float = 60.0
     max_line: int = 4096
     port_tries: int = 16
 
@@ -57,6 +58,8 @@ NO_PORT_FOR_ACTIVE = reply(500, "Illegal PORT command: no free data port on the 
 NO_PORT_FOR_PASSIVE = reply(425, "Can't open data connection: no free port on the gateway.")
 UNREPRESENTABLE = reply(500, "Illegal PORT command: use EPRT on this connection.")
 IDLE_TIMEOUT = reply(421, "Idle timeout, closing control connection.")
+LINE_TIMEOUT = reply(421, "Command line not completed in time, closing control connection.")
+OUT_OF_RESOURCES = reply(421, "Service not available: the gateway is out of resources.")
 TOO_MANY_SESSIONS = reply(421, "Too many sessions on the gateway, try again later.")
 NO_UPSTREAM = reply(421, "Service not available: no FTP server behind this address.")
 SHUTTING_DOWN = reply(421, "Service not available: the gateway is shutting down.")

@@ -76,6 +76,7 @@ class Session:
         self._data: dict[int, DataConnection] = {}
         self._dialing: dict[int, Side] = {}  # conn -> the side whose lines wait for the dial
         self._last_activity = now
+        self._partial_since: dict[Side, float | None] = {CLIENT: None, SERVER: None}
         self._next_listener = 1
 
     # ---- public API ---------------------------------------------------------------------
@@ -108,6 +109,8 @@ class Session:
         deadlines = [self.expectation.deadline] if self.expectation else []
         if not self._data:
             deadlines.append(self._last_activity + self.policy.idle_timeout)
+        started = [t for t in self._partial_since.values() if t is not None]
+        deadlines += [t + self.policy.line_timeout for t in started]
         return min(deadlines) if deadlines else None
 
     def close(self, reason: str, reply: bytes | None = None) -> list[Action]:
@@ -130,7 +133,12 @@ class Session:
             self._eof_seen[side] = True
             self._drain(side, now, out)
             return
-        self._held[side].extend(self._framers[side].feed(data))
+        framer = self._framers[side]
+        self._held[side].extend(framer.feed(data))
+        if not framer.buffered:
+            self._partial_since[side] = None
+        elif self._partial_since[side] is None:  # a line started: it must end in time
+            self._partial_since[side] = now
         self._drain(side, now, out)
 
     def _blocked(self, side: Side) -> bool:
@@ -328,7 +336,11 @@ class Session:
             self.expectation = None
             out.append(CloseListener(exp.listener))
             out.append(Log("expectation_expired", "info", {"listen": str(exp.listen)}))
-        if not self._data and now >= self._last_activity + self.policy.idle_timeout:
+        started = [t for t in self._partial_since.values() if t is not None]
+        if started and now >= min(started) + self.policy.line_timeout:
+            out.append(Send(CLIENT, P.LINE_TIMEOUT))
+            self._close("line timeout", out)
+        elif not self._data and now >= self._last_activity + self.policy.idle_timeout:
             out.append(Send(CLIENT, P.IDLE_TIMEOUT))
             self._close("idle timeout", out)
 

@@ -56,9 +56,8 @@ def endpoint(sockaddr: Any) -> Endpoint:
 class HalfProtocol(asyncio.Protocol):
     """One side of the control connection; forwards everything to the ControlSession.
 
-    A client half is created by the accepting server before its session exists: it pauses
-    reading at once and tells the gateway, which attaches the session once the upstream
-    connection stands (or answers 421).
+    A client half is created before its session exists: it pauses reading at once; the
+    gateway attaches the session once the upstream connection stands (or answers 421).
     """
 
     def __init__(self, control: ControlSession | None, side: Side, gateway: Gateway) -> None:
@@ -74,7 +73,6 @@ class HalfProtocol(asyncio.Protocol):
             self.control.attach(self.side, self)
         else:
             self.transport.pause_reading()
-            self.gateway.client_connected(self)
 
     def data_received(self, data: bytes) -> None:
         if self.control is not None:

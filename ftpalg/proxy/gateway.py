@@ -23,6 +23,7 @@ from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
 from ftpalg.core.session import Faces, Session
 from ftpalg.logs import get_logger
+from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol, endpoint
 from ftpalg.proxy.sockets import is_local_address, make_dial_socket, set_control_options
 
@@ -36,6 +37,7 @@ def core_policy(config: Config) -> P.CorePolicy:
         data_ports=config.data_ports,
         expect_timeout=config.expect_timeout,
         idle_timeout=config.idle_timeout,
+        line_timeout=config.line_timeout,
         max_line=config.max_line,
     )
 
@@ -51,17 +53,17 @@ class Gateway:
         self.admitting = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.data_tasks: set[asyncio.Task[None]] = set()
-        self.servers: list[asyncio.base_events.Server] = []
+        self.acceptors: list[Acceptor] = []
         self._ids = 0
         self._conn_ids = 0
         self.accepting = True
 
     async def start(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            server = await self.loop.create_server(
-                lambda: HalfProtocol(None, Side.CLIENT, self), sock=sock, backlog=1024
-            )
-            self.servers.append(server)
+            acceptor = Acceptor(self.loop, sock, self.client_connected, P.OUT_OF_RESOURCES,
+                                self.log)  # fmt: skip
+            acceptor.start()
+            self.acceptors.append(acceptor)
 
     def next_conn_id(self) -> int:
         self._conn_ids += 1
@@ -84,21 +86,23 @@ class Gateway:
 
     # ---- admission ------------------------------------------------------------------------
 
-    def client_connected(self, half: HalfProtocol) -> None:
-        transport = half.transport
-        assert transport is not None
+    def client_connected(self, conn: socket.socket) -> None:
         if not self.accepting or len(self.sessions) + self.admitting >= self.config.max_sessions:
             reply = P.SHUTTING_DOWN if not self.accepting else P.TOO_MANY_SESSIONS
-            transport.write(reply)
-            transport.close()
-            client = str(endpoint(transport.get_extra_info("peername")))
-            self.log.warning("session_refused", reason=reply.decode().strip(), client=client)
+            with contextlib.suppress(OSError):
+                conn.send(reply)
+                client = str(endpoint(conn.getpeername()))
+                self.log.warning("session_refused", reason=reply.decode().strip(), client=client)
+            conn.close()
             return
         self.admitting += 1
-        self.spawn(self._admit(half, transport))
+        self.spawn(self._admit(conn))
 
-    async def _admit(self, half: HalfProtocol, transport: asyncio.Transport) -> None:
+    async def _admit(self, conn: socket.socket) -> None:
         try:
+            transport, half = await self.loop.connect_accepted_socket(
+                lambda: HalfProtocol(None, Side.CLIENT, self), sock=conn
+            )
             await self._open_session(half, transport)
         finally:
             self.admitting -= 1
@@ -207,8 +211,8 @@ class Gateway:
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let running transfers finish within `grace`, then close all."""
         self.accepting = False
-        for server in self.servers:
-            server.close()
+        for acceptor in self.acceptors:
+            acceptor.close()
         running = set(self.data_tasks)
         if running:
             self.log.info("draining", transfers=len(running), grace_seconds=grace)

@@ -236,3 +236,21 @@ def test_failed_dial_releases_held_lines() -> None:
     assert s.receive(CLIENT, b"RETR x\r\n", 0.0) == []  # passive: client lines wait
     acts = s.handle(DataFinished(2, 0, 0, 0.1, error="connect refused"), 0.0)
     assert sends(acts, SERVER) == [b"RETR x\r\n"]
+
+
+def test_slowloris_line_timeout_even_while_bytes_trickle() -> None:
+    s = new_session(policy=CorePolicy(line_timeout=60.0, idle_timeout=900.0))
+    for t in range(59):  # one byte per second keeps the idle clock fresh...
+        assert s.receive(CLIENT, b"X", float(t)) == []
+    assert s.next_deadline() == 60.0  # ...but the line started at t=0 must end by t=60
+    acts = s.handle(TimerFired(), 60.0)
+    assert sends(acts, CLIENT)[0].startswith(b"421 Command line not completed")
+    assert isinstance(acts[-1], CloseSession)
+
+
+def test_completed_line_clears_the_line_clock() -> None:
+    s = new_session(policy=CorePolicy(line_timeout=60.0, idle_timeout=900.0))
+    s.receive(CLIENT, b"NO", 0.0)
+    s.receive(CLIENT, b"OP\r\n", 30.0)
+    assert s.next_deadline() == 930.0
+    assert s.handle(TimerFired(), 100.0) == []

@@ -87,11 +87,14 @@ class Alg:
         return self.log.read_text()
 
 
-def launch_alg(tmp_path: Path, upstream_port: int, *extra: str) -> Alg:
-    """ftpalg on 127.0.0.2 in front of the server on 127.0.0.1 (reverse mode)."""
+def launch_alg(
+    tmp_path: Path, upstream_port: int, *extra: str, prefix: tuple[str, ...] = ()
+) -> Alg:
+    """ftpalg on 127.0.0.2 in front of the server on 127.0.0.1 (reverse mode); `prefix`
+    wraps the command (e.g. prlimit)."""
     port = free_port("127.0.0.2")
     log = tmp_path / f"ftpalg-{port}.log"
-    args = [sys.executable, "-m", "ftpalg", "--listen", f"127.0.0.2:{port}",
+    args = [*prefix, sys.executable, "-m", "ftpalg", "--listen", f"127.0.0.2:{port}",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--log-format", "json", "--grace-period", "2", *extra]  # fmt: skip
     with log.open("wb") as out:

@@ -66,3 +66,31 @@ def test_upstream_refused_gives_421(tmp_path: Path) -> None:
         assert "upstream_connect_failed" in alg.log.read_text()
     finally:
         stop(alg.proc)
+
+
+def test_fd_exhaustion_refuses_new_sessions_and_keeps_old_ones(
+    ftp_server: int, tmp_path: Path
+) -> None:
+    alg = launch_alg(tmp_path, ftp_server, prefix=("prlimit", "--nofile=48:48", "--"))
+    held: list[socket.socket] = []
+    try:
+        refused = b""
+        for _ in range(40):  # 2 descriptors per session: the limit is reached well before
+            sock = socket.create_connection((alg.host, alg.port), timeout=5)
+            reply = sock.recv(200)
+            if reply.startswith(b"421"):
+                refused = reply
+                sock.close()
+                break
+            assert reply.startswith(b"220"), reply
+            held.append(sock)
+        assert refused.startswith(b"421 Service not available"), refused
+        assert len(held) >= 5
+        for sock in held:  # existing sessions keep working
+            sock.sendall(b"NOOP\r\n")
+            assert sock.recv(200).startswith(b"200")
+        assert alg.proc.poll() is None
+    finally:
+        for sock in held:
+            sock.close()
+        stop(alg.proc)
