@@ -41,6 +41,8 @@ from ftpalg.core.session import Session
 from ftpalg.proxy.relay import relay
 from ftpalg.proxy.sockets import is_local_address, make_listener
 
+LINGER = 2.0  # seconds a closed session waits for its peers' EOF before closing for good
+
 if TYPE_CHECKING:
     from ftpalg.proxy.gateway import Gateway
 
@@ -79,6 +81,8 @@ class HalfProtocol(asyncio.Protocol):
             self.control.feed_data(self.side, data)
 
     def eof_received(self) -> bool:
+        if self.control is not None and self.control.closed:
+            return False  # lingering after the session ended: close now
         if self.control is not None:
             self.control.feed_data(self.side, b"")
         return True  # keep the transport for the other direction (half-close)
@@ -261,6 +265,16 @@ class ControlSession:
         if half is not None and half.transport is not None and not half.transport.is_closing():
             half.transport.resume_reading()
 
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Half-close, discard what still arrives, close at the peer's EOF or after LINGER:
+        closing with unread input would send a reset that can destroy our last reply."""
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.loop.call_later(LINGER, transport.close)
+
     def _finish(self) -> None:
         if self.closed:
             return
@@ -271,6 +285,6 @@ class ControlSession:
             sock.close()
         self._accepted.clear()
         for half in self.halves.values():
-            if half.transport is not None:
-                half.transport.close()  # flushes what is buffered, then closes
+            if half.transport is not None and not half.transport.is_closing():
+                self._linger(half.transport)
         self.gateway.session_ended(self)

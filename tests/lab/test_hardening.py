@@ -1,0 +1,287 @@
+"""Hardening in the lab (issue 7): faults, hostile input and limits against a real ftpalg in
+transparent mode, real servers and clients; every refusal is an FTP reply plus a log line,
+and other sessions keep working."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.clients import run_transfer
+from ftpalg.lab.gateway import apply_closed_gateway
+from ftpalg.lab.netns import Lab, wait_until
+from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
+from tests.lab.conftest import start_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
+
+ALG_ARGS = ["--listen", "0.0.0.0:21", "--connect-timeout", "2", "--expect-timeout", "2",
+            "--line-timeout", "2", "--data-ports", "45000-45001"]  # fmt: skip
+
+
+@dataclass
+class Env:
+    lab: Lab
+    alg: AlgProcess
+    pyftpd: FtpServer
+    vsftpd: FtpServer
+    digest: str
+    scripted: str
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.alg.proc.pid}/fd"))
+
+    def client(self, host: str, *lines: str) -> list[str]:
+        out = self.lab.run("cli", ["python3", "-m", "ftpalg.lab.scripted", "client", host, "21",
+                                   *lines], timeout=30)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        replies: list[str] = json.loads(out.stdout)
+        return replies
+
+    def healthy(self, tmp: Path) -> None:
+        """Another session still transfers correctly."""
+        r = run_transfer(self.lab, "curl-epsv", self.vsftpd.target, "f.bin", tmp / "ok.bin")
+        assert r.ok and r.sha256 == self.digest, r.detail
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    os.environ["FTPALG_LAB_LOG_COMMANDS"] = "1"
+    lab = start_lab()
+    try:
+        apply_closed_gateway(lab)
+        a = lab.addresses
+        pyftpd = start_server(lab, "pyftpdlib", a.servers_v4[0])
+        vsftpd = start_server(lab, "vsftpd", a.servers_v4[1])
+        digest = make_file(pyftpd.root, "f.bin", 8 << 20, seed=1)
+        assert make_file(vsftpd.root, "f.bin", 8 << 20, seed=1) == digest
+        scripted = str(a.servers_v4[3])
+        lab.popen("srv", ["python3", "-m", "ftpalg.lab.scripted", "server", scripted, "21"])
+        assert wait_until(lambda: lab.can_connect("srv", a.servers_v4[3], 21), 10)
+        alg = start_ftpalg(lab, ALG_ARGS)
+        yield Env(lab, alg, pyftpd, vsftpd, digest, scripted)
+    finally:
+        os.environ.pop("FTPALG_LAB_LOG_COMMANDS", None)
+        lab.close()
+
+
+def login(user: str = "lab") -> tuple[str, str]:
+    return (f"USER {user}\\r\\n", "PASS lab\\r\\n")
+
+
+# ---- faults -------------------------------------------------------------------------------
+
+
+def test_upstream_timeout_gives_421(env: Env) -> None:
+    start = time.monotonic()
+    replies = env.client("203.0.113.99")  # no such host: the dial times out or is unreachable
+    assert replies[0].startswith("421 Service not available: cannot reach the FTP server")
+    assert time.monotonic() - start < 8
+    assert env.alg.named("upstream_connect_failed")
+
+
+def test_announced_data_connection_never_arrives(env: Env, tmp_path: Path) -> None:
+    before = env.fds()
+    replies = env.client(str(env.pyftpd.address), *login(), "PASV\\r\\n", "@sleep 4")
+    assert replies[-1].startswith("227 ")
+    assert wait_until(lambda: len(env.alg.named("expectation_expired")) >= 1, 10)
+    assert wait_until(lambda: env.fds() <= before, 5), (before, env.fds())
+
+
+def test_abor_during_retr_and_session_carries_on(env: Env) -> None:
+    script = """
+import ftplib, sys
+ftp = ftplib.FTP(sys.argv[1], timeout=10)
+ftp.login("lab", "lab")
+conn = ftp.transfercmd("RETR f.bin")
+conn.recv(1024)
+reply = ftp.abort()
+conn.close()
+if reply.startswith("426"):  # the aborted transfer's reply, then the ABOR's own
+    reply = ftp.getresp()
+print("ABOR", reply.split()[0])
+print("NOOP", ftp.voidcmd("NOOP").split()[0])
+"""
+    out = env.lab.run("cli", ["python3", "-c", script, str(env.pyftpd.address)], timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "NOOP 200" in out.stdout and "ABOR 2" in out.stdout
+
+
+@pytest.mark.parametrize("victim", ["client", "server"])
+def test_peer_dies_mid_transfer(env: Env, victim: str, tmp_path: Path) -> None:
+    a = env.lab.addresses
+    if victim == "server":  # a disposable server on its own address
+        srv = start_server(env.lab, "pyftpdlib", a.servers_v4[2])
+        make_file(srv.root, "f.bin", 64 << 20)
+    else:
+        srv = env.pyftpd
+    url = f"ftp://lab:lab@{srv.address}/f.bin"
+    curl = env.lab.popen("cli", ["curl", "-s", "--limit-rate", "4M", "-o", "/dev/null", url])
+    assert wait_until(lambda: len(env.alg.named("data_accepted")) > 0 and env.fds() > 6, 10)
+    time.sleep(0.5)
+    if victim == "server":
+        srv.stop()
+    else:
+        curl.kill()
+    curl.wait(20)
+    assert wait_until(lambda: any(e["result"] != "ok" for e in env.alg.named("data_finished")),
+                      15)  # fmt: skip
+    assert env.alg.proc.poll() is None
+    env.healthy(tmp_path)
+
+
+def test_data_port_range_exhausted_refuses_with_500(env: Env) -> None:
+    gw = env.lab.addresses.gw_outside_v4
+    taken = []
+    for port in (45000, 45001, 40123):
+        s = env.lab.socket("gw")
+        s.bind((str(gw), port))
+        s.listen()
+        taken.append(s)
+    try:
+        me = env.lab.addresses.client_v4
+        numbers = ",".join([*str(me).split("."), str(40123 >> 8), str(40123 & 255)])
+        replies = env.client(str(env.pyftpd.address), *login(), f"PORT {numbers}\\r\\n")
+        assert replies[-1].startswith("500 Illegal PORT command: no free data port")
+        assert env.alg.named("no_data_port")
+        assert "<- PORT" not in env.pyftpd.log_text()
+    finally:
+        for s in taken:
+            s.close()
+
+
+# ---- hostile input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["third", "gateway", "port22", "port25"])
+def test_bounce_and_low_ports_refused_server_never_sees_it(env: Env, target: str) -> None:
+    a = env.lab.addresses
+    host, port = {
+        "third": ("198.51.100.7", 4000),
+        "gateway": (str(a.gw_inside_v4), 4000),
+        "port22": (str(a.client_v4), 22),
+        "port25": (str(a.client_v4), 25),
+    }[target]
+    numbers = ",".join([*host.split("."), str(port >> 8), str(port & 255)])
+    eprt = f"EPRT |1|{host}|{port}|\\r\\n"
+    replies = env.client(str(env.pyftpd.address), *login(), f"PORT {numbers}\\r\\n", eprt,
+                         "NOOP\\r\\n")  # fmt: skip
+    assert replies[-3].startswith("500 Illegal PORT") and replies[-2].startswith("500 Illegal")
+    assert replies[-1].startswith("200")  # the session carries on
+    assert "<- PORT" not in env.pyftpd.log_text() and "<- EPRT" not in env.pyftpd.log_text()
+
+
+def test_data_connection_theft_rejected_real_client_succeeds(env: Env) -> None:
+    replies_before = len(env.alg.named("data_theft_refused"))
+    code = """
+import ftplib, hashlib, socket, subprocess, sys
+ftp = ftplib.FTP(sys.argv[1], timeout=10)
+ftp.login("lab", "lab")
+ftp.voidcmd("TYPE I")
+host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+thief = socket.create_connection((host, port), timeout=5, source_address=(sys.argv[2], 0))
+print("THIEF", repr(thief.recv(10)))  # b'' : closed at once by ftpalg
+data = socket.create_connection((host, port), timeout=10)
+ftp.putcmd("RETR f.bin")
+ftp.getresp()
+body = b""
+while chunk := data.recv(65536):
+    body += chunk
+print("SHA", hashlib.sha256(body).hexdigest(), ftp.voidresp().split()[0])
+"""
+    # a second host on the client's network tries the announced port first
+    third = f"10.{env.lab.addresses.subnet}.1.3"
+    env.lab.run("cli", ["ip", "addr", "replace", f"{third}/24", "dev", env.lab.ifnames.client])
+    out = env.lab.run("cli", ["python3", "-c", code, str(env.pyftpd.address), third], timeout=40)
+    assert out.returncode == 0, out.stderr
+    assert "THIEF b''" in out.stdout  # connected, then closed at once by ftpalg
+    assert f"SHA {env.digest} 226" in out.stdout
+    assert len(env.alg.named("data_theft_refused")) == replies_before + 1
+
+
+@pytest.mark.parametrize(
+    ("line", "expect"),
+    [("@long 1000000", "500 Command rejected: line longer than 4096"),
+     ("NOOP \\x00\\r\\n", "500 Command rejected: NUL byte")],
+)  # fmt: skip
+def test_long_line_and_nul_end_the_session(
+    env: Env, line: str, expect: str, tmp_path: Path
+) -> None:
+    replies = env.client(str(env.pyftpd.address), line)
+    assert replies[-1].startswith(expect)
+    env.healthy(tmp_path)
+
+
+def test_slowloris_line_timeout(env: Env) -> None:
+    sock = env.lab.socket("cli")
+    sock.settimeout(10)
+    sock.connect((str(env.pyftpd.address), 21))
+    assert sock.recv(200).startswith(b"220")
+    start = time.monotonic()
+    reply = b""
+    for byte in b"USER lab-trickling":
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            break
+        time.sleep(0.3)
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            reply += sock.recv(200)
+        sock.setblocking(True)
+        if reply:
+            break
+    sock.close()
+    assert reply.startswith(b"421 Command line not completed in time"), reply
+    assert 1.5 < time.monotonic() - start < 6
+
+
+def test_pasv_flood_leaves_no_descriptors(env: Env) -> None:
+    before = env.fds()
+    replies = env.client(str(env.pyftpd.address), *login(), *["PASV\\r\\n"] * 300, "NOOP\\r\\n")
+    assert sum(r.startswith("227 ") for r in replies) == 300 and replies[-1].startswith("200")
+    assert wait_until(lambda: env.fds() <= before, 5), (before, env.fds())
+
+
+def test_malformed_227_forwarded_and_session_continues(env: Env) -> None:
+    replies = env.client(env.scripted, "USER x\\r\\n", "PASV\\r\\n", "NOOP\\r\\n")
+    assert replies[2] == "227 Logout.\r\n" and replies[3].startswith("200")
+    assert env.alg.named("malformed_reply_forwarded")
+
+
+def test_escapes_never_reach_the_log_raw_and_pass_never_logged(env: Env) -> None:
+    env.client(str(env.pyftpd.address), "USER lab\\r\\n", "PASS sw0rdfish\\r\\n",
+               "PORT 1,2\\x1b[31m\\r\\n", "EPRT |1|\\x1b]0;pwn\\x07|1|\\r\\n",
+               "PORT 1,2,3\\rX\\r\\n")  # fmt: skip
+    raw = env.alg.log.read_bytes()
+    assert b"\x1b" not in raw and b"\x07" not in raw and b"\r" not in raw
+    assert b"sw0rdfish" not in raw
+    assert all(line.startswith(b"{") for line in raw.splitlines())  # one event per line
+
+
+def test_sigterm_drains_a_running_transfer(tmp_path: Path) -> None:
+    lab = start_lab()
+    try:
+        apply_closed_gateway(lab)
+        srv = start_server(lab, "vsftpd", lab.addresses.server_v4)
+        digest = make_file(srv.root, "f.bin", 6 << 20)
+        alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--grace-period", "20"])
+        out = tmp_path / "f.bin"
+        curl = lab.popen("cli", ["curl", "-sS", "--limit-rate", "3M", "-o", str(out),
+                                 f"ftp://{srv.address}/f.bin"], stderr=subprocess.PIPE)  # fmt: skip
+        assert wait_until(lambda: bool(alg.named("data_accepted")), 10)
+        assert alg.stop(timeout=30) == 0
+        assert curl.wait(30) == 0
+        assert sha256_file(out) == digest
+        assert alg.named("draining")
+    finally:
+        lab.close()
