@@ -25,9 +25,12 @@ from ftpalg.confvalues import (
     Endpoint,
     HostPort,
     check_ifname,
+    check_path,
     check_port_range,
+    check_user,
     choice,
     int_range,
+    optional,
     parse_endpoint,
     parse_host_port,
     parse_port_range,
@@ -82,6 +85,9 @@ class Config:
     route_table: int = 100
     inside_interfaces: tuple[str, ...] = ()  # empty: divert from every interface
     max_line: int = 4096
+    metrics: Endpoint | None = None  # serve Prometheus metrics here
+    xferlog: str | None = None  # transfer log file (xferlog format)
+    user: str | None = None  # switch to this user after the root-only set-up
 
     @property
     def transparent(self) -> bool:
@@ -133,6 +139,9 @@ _SPECS: dict[str, _Spec] = {
         strings(check_ifname), lambda v: unique(tuple(map(check_ifname, v)))
     ),
     "max_line": _Spec(_INT, int_range(MIN_LINE, MAX_LINE)),
+    "metrics": _Spec(str_then(parse_endpoint), optional(lambda v: v)),
+    "xferlog": _Spec(str_then(check_path), optional(check_path)),
+    "user": _Spec(str_then(check_user), optional(check_user)),
 }
 
 
@@ -211,6 +220,14 @@ _INT_FLAGS = {  # flag: (metavar, help)
     "tproxy_mark": ("N", "firewall mark used for TPROXY policy routing (default 1)"),
     "route_table": ("N", "routing table holding the TPROXY local routes (default 100)"),
 }
+_OPS_FLAGS = {  # flag: (metavar, parser, help)
+    "metrics": ("HOST:PORT", parse_endpoint, "serve Prometheus metrics on "
+                "http://HOST:PORT/metrics (default: off)"),
+    "xferlog": ("FILE", check_path, "append one xferlog-format line per data transfer "
+                "(default: off)"),
+    "user": ("NAME", check_user, "after the root-only set-up, run as this user with only "
+             "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (default: stay as started)"),
+}  # fmt: skip
 _SWITCHES = {  # flag: (dest, value, help)
     "--loose": ("loose", True, "trust a third-party address in PORT/EPRT/227 (kernel loose=1)"),
     "--strict": ("loose", False, "PORT/EPRT must name the client (else 500), a 227 is taken to "
@@ -266,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")
+    for name, (metavar, conv, help_) in _OPS_FLAGS.items():
+        add("--" + name, metavar=metavar, type=_arg(conv), help=help_)
+    add("--check-config", action="store_true", help="check the configuration (file and "
+        "flags), print one line, exit 0 (valid) or 2 (invalid)")  # fmt: skip
     for name, (text, default) in _SECONDS_FLAGS.items():
         check = _SPECS[name].check
         help_ = f"{text}, in seconds (default {default})"

@@ -181,3 +181,22 @@ def toml_port_range(value: Any) -> tuple[int, int]:
 
 def str_then(check: Callable[[str], Any]) -> Callable[[Any], Any]:
     return lambda value: check(typed("a string", str)(value))
+
+
+_USER_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
+
+
+def check_path(path: str) -> str:
+    if not path or "\0" in path:
+        raise ValueError(f"{path!r} is not a file name")
+    return path
+
+
+def check_user(name: str) -> str:
+    if not _USER_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a user name")
+    return name
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)

@@ -217,7 +217,7 @@ def test_defaults_without_file() -> None:
         ('data_ports = "40000"', "data_ports: '40000': expected LOW-HIGH, e.g. 40000-60999"),
         ("bogus = 1", "unknown key 'bogus'"),
         ('data_port = "1-2"', "unknown key 'data_port' (did you mean 'data_ports'?)"),
-        ('[log]\nformat = "json"', "unknown key 'log'"),
+        ('[log]\nformat = "json"', "unknown key 'log' (did you mean 'xferlog'?)"),
         ('loose = "yes"', "loose: expected true or false, got str"),
         ("max_sessions = true", "max_sessions: expected an integer, got bool"),
         ("max_sessions = 1.5", "max_sessions: expected an integer, got float"),
@@ -434,7 +434,12 @@ def test_example_config_documents_every_option_with_its_default(tmp_path: Path) 
         lines.append(line)
     assert seen == {f.name for f in dataclasses.fields(Config)}
     config, _ = build_config(["--config", str(write(tmp_path, "\n".join(lines)))])
-    assert config == Config(upstream=HostPort("10.0.0.5", 21))
+    assert config == Config(
+        upstream=HostPort("10.0.0.5", 21),
+        metrics=parse_endpoint("127.0.0.1:9121"),
+        xferlog="/var/log/ftpalg/xferlog",
+        user="ftpalg",
+    )  # the keys without a default: their examples
 
 
 def test_listen_addresses_are_ipaddress_objects() -> None:

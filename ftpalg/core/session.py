@@ -46,6 +46,7 @@ from ftpalg.core.messages import (
 )
 from ftpalg.core.ports import PortChooser, RandomSource
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
+from ftpalg.core.transfer import CommandNotes
 from ftpalg.core.wire import Malformed, Match, parse_client_line, parse_server_line
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
@@ -78,6 +79,7 @@ class Session:
         self._last_activity = now
         self._partial_since: dict[Side, float | None] = {CLIENT: None, SERVER: None}
         self._next_listener = 1
+        self.notes = CommandNotes()  # USER, TYPE, transfer commands: for the xferlog
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -164,7 +166,12 @@ class Session:
             return
         self._eof_done[side] = True
         _, rest = self._framers[side].eof()
-        if rest:  # an unterminated last line is passed on, never parsed
+        parse = parse_client_line if side is CLIENT else parse_server_line
+        if rest and parse(rest, self._v6[side]) is not None:
+            # an unterminated address line would carry an unchecked address: never pass it
+            fields = {"side": side.value, "line": rest}
+            out.append(Log("unterminated_address_line_dropped", "warning", fields))
+        elif rest:  # any other unterminated last line is passed on
             out.append(Send(side.other, rest))
         out.append(ShutdownWrite(side.other))
         if all(self._eof_done.values()):
@@ -174,6 +181,8 @@ class Session:
         parse = parse_client_line if side is CLIENT else parse_server_line
         parsed = parse(line, self._v6[side])
         if parsed is None:
+            if side is CLIENT:
+                self.notes.client_line(line)
             out.append(Send(side.other, line))
         elif isinstance(parsed, Malformed):
             fields = {"kind": parsed.kind.value, "reason": parsed.reason, "line": line}
@@ -194,7 +203,10 @@ class Session:
             refusal = P.refusal_for_client(match, f.client.host, self.policy)
             if refusal is not None:
                 out.append(Send(CLIENT, refusal))
-                out.append(Log("command_refused", "warning", {"line": line, "reply": refusal}))
+                bounce = match.address != f.client.host and not self.policy.loose
+                reason = "bounce" if bounce else "low_port"
+                fields = {"line": line, "reply": refusal, "reason": reason}
+                out.append(Log("command_refused", "warning", fields))
                 return
             assert match.address is not None
             face, accept_from, dial_from = f.client_face.host, f.server.host, f.server_face.host
@@ -246,6 +258,7 @@ class Session:
                 Log("expectation_replaced", "info", {"listen": str(self.expectation.listen)})
             )
         listen = Endpoint(pending.face, ev.port)
+        self.notes.announced()
         self.expectation = Expectation(
             ev.listener, match.kind, listen, pending.accept_from, pending.target,
             pending.dial_from, now + self.policy.expect_timeout,
@@ -296,6 +309,7 @@ class Session:
         out.append(CloseListener(exp.listener))
         source_port = ev.peer.port if exp.kind.from_client else 0  # active data keeps port 20
         self._data[ev.conn] = DataConnection(exp.kind, exp.target, now)
+        self.notes.accepted(ev.conn)
         self._dialing[ev.conn] = SERVER if exp.kind.from_client else CLIENT
         out.append(ConnectData(ev.conn, exp.target, Endpoint(exp.dial_from, source_port)))
         out.append(
@@ -323,6 +337,7 @@ class Session:
                 "conn": ev.conn, "mode": "active" if conn.active else "passive",
                 "bytes_to_client": to_client, "bytes_to_server": to_server,
                 "seconds": round(ev.seconds, 6), "result": ev.error or "ok",
+                **self.notes.finished(ev.conn),
             })
         )  # fmt: skip
 
@@ -352,8 +367,10 @@ class Session:
             if pending is not None:
                 out.append(CloseListener(pending.listener))
                 self._opening[side] = None
+        dropped = self.expectation is not None  # for the pending-expectations gauge
         if self.expectation is not None:
             out.append(CloseListener(self.expectation.listener))
             self.expectation = None
-        out.append(Log("session_closed", "info", {"reason": reason}))
+        fields = {"reason": reason, "expectation_dropped": dropped}
+        out.append(Log("session_closed", "info", fields))
         out.append(CloseSession(reason))

@@ -159,14 +159,36 @@ def _parse_eprt(line: bytes, v6: bool) -> Parsed:
         text = line[addr_start:addr_end] if addr_end >= 0 else b""
         if not text or not set(text) <= _HEX_V6:
             return Malformed(Kind.EPRT, "bad IPv6 address")
-        try:
-            address = IPv6Address(text.decode("ascii"))
-        except ValueError:
+        parsed_v6 = _ipv6(text.decode("ascii"))
+        if parsed_v6 is None:
             return Malformed(Kind.EPRT, "bad IPv6 address")
+        address = parsed_v6
     port = _get_port(line, addr_end + 1, delim)
     if isinstance(port, str):
         return Malformed(Kind.EPRT, port)
     return Match(Kind.EPRT, address, port[0], start, port[1])
+
+
+def _ipv6(text: str) -> IPv6Address | None:
+    """The kernel's in6_pton: like `IPv6Address`, but a group may carry any number of leading
+    zeros (its value must fit 16 bits) and so may the octets of a dotted IPv4 tail."""
+    groups = text.split(":")
+    tail = groups[-1]
+    if "." in tail:
+        octets = tail.split(".")
+        if len(octets) != 4 or not all(o.isdigit() and int(o) <= 255 for o in octets):
+            return None
+        groups[-1] = ".".join(str(int(o)) for o in octets)
+    for i, group in enumerate(groups if "." not in tail else groups[:-1]):
+        if group:
+            stripped = group.lstrip("0") or "0"
+            if len(stripped) > 4:
+                return None
+            groups[i] = stripped
+    try:
+        return IPv6Address(":".join(groups))
+    except ValueError:
+        return None
 
 
 def _parse_227(line: bytes, v6: bool) -> Parsed:

@@ -12,6 +12,10 @@ another rule set replaces the previous one. The forward chain has policy drop in
   helper out: then only the control connection passes and active mode must fail.
 - `closed_gateway_ruleset`: nothing is forwarded at all. The base for ftpalg's transparent
   mode, which installs its own tproxy table next to this one.
+- `routing_ruleset`: plain routing, forward policy accept, no NAT and no `ct` expression (so
+  conntrack stays off in the gateway namespace): the "direct" baseline of the benchmarks.
+- `redirect_ruleset`: closed forward plus a NAT `redirect` of inside tcp/21 to a local port,
+  the interception an old REDIRECT + `SO_ORIGINAL_DST` proxy (SuSE ftp-proxy) needs.
 
 nft 1.0.6 rejects `{ ...; } }` on one line, so closing braces always start a new line.
 """
@@ -67,6 +71,31 @@ def closed_gateway_ruleset(lab: Lab) -> str:
     return _replace_table(body)
 
 
+def routing_ruleset(lab: Lab) -> str:
+    """Forward everything, rewrite nothing: the client talks to the server by plain routing."""
+    body = (
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy accept;\n"
+        "    }\n"
+    )
+    return _replace_table(body)
+
+
+def redirect_ruleset(lab: Lab, port: int) -> str:
+    """Nothing forwarded; FTP control from the inside redirected to a local proxy on `port`."""
+    inside = lab.ifnames.gw_inside
+    body = (
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy drop;\n"
+        "    }\n"
+        "    chain prerouting {\n"
+        "        type nat hook prerouting priority dstnat; policy accept;\n"
+        f'        iifname "{inside}" tcp dport 21 redirect to :{port}\n'
+        "    }\n"
+    )
+    return _replace_table(body)
+
+
 def remove_ruleset() -> str:
     """Text that deletes the lab table (no error if it is absent)."""
     return f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
@@ -78,3 +107,11 @@ def apply_kernel_nat(lab: Lab, helper: bool = True) -> None:
 
 def apply_closed_gateway(lab: Lab) -> None:
     lab.nft("gw", closed_gateway_ruleset(lab))
+
+
+def apply_routing(lab: Lab) -> None:
+    lab.nft("gw", routing_ruleset(lab))
+
+
+def apply_redirect(lab: Lab, port: int) -> None:
+    lab.nft("gw", redirect_ruleset(lab, port))

@@ -8,6 +8,8 @@ the control connection's peer is rejected with 501 — what an ALG must get righ
 address is compared in canonical form, working around pyftpdlib issue #373, so the kernel's
 uncompressed IPv6 form is accepted). IPv4 and IPv6 addresses both work. pyftpdlib logs
 every session (with the peer address) to stderr; `FtpServer.seen_clients()` reads it back.
+`--max-cons N` raises pyftpdlib's connection limit (default 512) and this process's open-file
+limit to match (for the benchmarks' thousands of idle sessions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import sys
 from types import FrameType
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user")
     p.add_argument("--password", default="")
     p.add_argument("--no-anonymous", action="store_true")
+    p.add_argument("--max-cons", type=int, default=0, help="connection limit (0: pyftpdlib's)")
     args = p.parse_args(argv)
 
     authorizer = DummyAuthorizer()
@@ -70,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(message)s"
     )
     server = FTPServer((args.address, args.port), LabHandler)
+    if args.max_cons:
+        server.max_cons = args.max_cons
+        want = 2 * args.max_cons + 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < want:  # raising the hard limit needs CAP_SYS_RESOURCE; else take the hard one
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+            except (ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)  # serve_forever() closes all sockets on the way out

@@ -60,8 +60,12 @@ def start_pyftpdlib(
     user: str | None = "lab",
     password: str = "lab",
     ready_timeout: float = 10.0,
+    max_cons: int | None = None,
 ) -> FtpServer:
-    """pyftpdlib: `user` may read and write everywhere; anonymous may read."""
+    """pyftpdlib: `user` may read and write everywhere; anonymous may read.
+
+    `max_cons` raises pyftpdlib's connection limit (default 512) and the server's fd limit.
+    """
     address = address or lab.addresses.server_v4
     work, root, upload = workdir(lab, "pyftpd", None)
     lo, hi = lab.next_port_range()
@@ -80,6 +84,8 @@ def start_pyftpdlib(
     ]
     if user:
         argv += ["--user", user, "--password", password]
+    if max_cons:
+        argv += ["--max-cons", str(max_cons)]
     info = dict(
         address=address,
         port=port,

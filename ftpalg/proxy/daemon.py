@@ -12,11 +12,13 @@ import asyncio
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ftpalg.config import Config
 from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
 from ftpalg.logs import configure, get_logger
+from ftpalg.ops import Operations
+from ftpalg.privileges import PrivilegeError
 from ftpalg.proxy.gateway import Gateway
 from ftpalg.proxy.sockets import make_listener
 
@@ -59,9 +61,13 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-async def serve(config: Config, listeners: list[socket.socket]) -> None:
+async def serve(
+    config: Config, listeners: list[socket.socket], ops: Operations | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     gateway = Gateway(config, loop)
+    if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops.py)
+        await ops.start(gateway)
     await gateway.start(listeners)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -72,15 +78,23 @@ async def serve(config: Config, listeners: list[socket.socket]) -> None:
                      policy="loose" if config.loose else "strict")  # fmt: skip
     await stop.wait()
     gateway.log.info("stopping", sessions=len(gateway.sessions))
-    await gateway.shutdown(config.grace_period)
+    await gateway.shutdown(gateway.config.grace_period)  # as reloaded
 
 
-def run_daemon(config: Config) -> int:
+def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     configure(config.log_format, config.log_level)
     log = get_logger()
     try:
         listeners = bind_listeners(config)
     except OSError as exc:
+        print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    ops = Operations(config, argv)  # argv: what SIGHUP re-reads
+    try:
+        ops.prepare()
+    except OSError as exc:
+        for sock in listeners:
+            sock.close()
         print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
         return 1
     kernel = kernel_for(config, listeners)
@@ -90,12 +104,19 @@ def run_daemon(config: Config) -> int:
     except (KernelSetupError, OSError) as exc:
         for sock in listeners:
             sock.close()
+        ops.close()
         print(f"ftpalg: kernel setup failed: {exc}", file=sys.stderr)
         return 1
     try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config, listeners))
+        factory = loop_factory()  # imports uvloop while its files are surely readable
+        ops.drop_privileges()  # --user: after the root-only set-up, before the loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(config, listeners, ops))
+    except PrivilegeError as exc:
+        print(f"ftpalg: {exc}", file=sys.stderr)
+        return 1
     finally:
+        ops.close()
         if kernel is not None:
             try:
                 kernel.teardown()

@@ -254,3 +254,10 @@ def test_completed_line_clears_the_line_clock() -> None:
     s.receive(CLIENT, b"OP\r\n", 30.0)
     assert s.next_deadline() == 930.0
     assert s.handle(TimerFired(), 100.0) == []
+
+
+def test_unterminated_address_line_at_eof_is_dropped() -> None:
+    s = new_session()
+    s.receive(CLIENT, b"PORT 172,20,9,84,18,67\r", 0.0)
+    acts = s.receive(CLIENT, b"", 0.0)
+    assert sends(acts, SERVER) == [] and logs(acts, "unterminated_address_line_dropped")

@@ -127,3 +127,17 @@ def test_port_roundtrip(octets: tuple[int, int, int, int], port: int, prefix: by
     assert isinstance(m, Match)
     assert m.address == IPv4Address(bytes(octets)) and m.port == port
     assert (m.start, m.end) == (len(prefix), len(prefix) + len(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2001:db8:1::00002", "2001:db8:1::2"), ("::0.0.0.02", "::2"),
+     ("0002001:db8::1", "2001:db8::1"),
+     ("2001:db8::10002", None), ("::1.2.3.256", None), ("1::2::3", None)],
+)  # fmt: skip
+def test_eprt_ipv6_accepts_leading_zeros_like_in6_pton(text: str, expected: str | None) -> None:
+    m = parse_client_line(f"EPRT |2|{text}|4675|\r\n".encode(), v6=True)
+    if expected is None:
+        assert isinstance(m, Malformed)
+    else:
+        assert isinstance(m, Match) and m.address == IPv6Address(expected)

@@ -1,0 +1,285 @@
+"""`ftpalg lab`: build the namespace lab, run real FTP transfers through ftpalg, print a table.
+
+How this works: `lab_main()` parses its own flags (`build_lab_parser()`), refuses to run
+without root (one line, exit 1), then `run_lab()` builds client — gateway — server namespaces
+(`netns.Lab`), starts one FTP server per IP version in the server namespace, and runs the
+matrix of `matrix.cases()` through the gateway:
+
+- with `--kernel`, first through the kernel's own FTP NAT (`gateway.apply_kernel_nat`: the
+  `ftp` conntrack helper + masquerade, forward policy drop), with tcpdump on the gateway's
+  inside and outside interfaces to show what `nf_nat_ftp` rewrote;
+- then through ftpalg: the gateway's forward path is closed (`apply_closed_gateway`, nothing
+  can bypass the proxy) and ftpalg runs in transparent mode on 0.0.0.0:21 and [::]:21,
+  installing its TPROXY routing and nftables table.
+
+One progress line per step and per transfer goes to stderr; the table (`table.render`) goes
+to stdout. The lab is always torn down — after the run, on an error, on Ctrl-C or SIGTERM —
+and teardown itself is not interruptible. A failing step is reported as
+`ftpalg lab: <step>: failed: <reason>` (server start errors carry the server's log tail) with
+exit 1; a failed transfer makes the exit code 1 after the table. `--keep` leaves everything
+running after the table and prints how to enter each namespace until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from typing import NoReturn, TextIO
+
+from ftpalg.kernel.errors import KernelSetupError
+from ftpalg.lab import matrix
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.capture import start_capture
+from ftpalg.lab.gateway import apply_closed_gateway, apply_kernel_nat
+from ftpalg.lab.netns import Lab, LabError, lab_unavailable_reason, missing_tools
+from ftpalg.lab.server_base import FtpServer
+from ftpalg.lab.servers import SERVERS, start_server
+from ftpalg.lab.table import Case, Outcome, all_ok, render
+
+DEFAULT_SIZE = 8 << 20
+MAX_SIZE = 16 << 30
+EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+_SIZE_RE = re.compile(r"([0-9]+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+class UsageError(Exception):
+    """A bad `ftpalg lab` flag; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message.removeprefix("argument "))
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `1048576`, `64k`, `8M`, `8MiB`, `1G` (k/M/G are powers of 1024)."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 8M, 1GiB)")
+    size = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if size > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than {MAX_SIZE >> 30} GiB")
+    return size
+
+
+def human_size(size: int) -> str:
+    """`8 MiB`, `64 KiB`, `1000 bytes`: exact binary units when they fit."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
+def build_lab_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="ftpalg lab",
+        allow_abbrev=False,
+        description="Build a client - gateway - server network-namespace lab (root), run real "
+        "FTP transfers through ftpalg in transparent mode and print what was rewritten, "
+        "whether each transfer arrived intact, and how fast.",
+    )
+    add = p.add_argument
+    add("--server", choices=sorted(SERVERS), default="pyftpdlib",
+        help="FTP server in the server namespace (default pyftpdlib)")  # fmt: skip
+    add("--size", type=parse_size, default=DEFAULT_SIZE, metavar="BYTES",
+        help="size of every transfer: bytes, or with k/M/G (default 8M)")  # fmt: skip
+    add("--kernel", action="store_true",
+        help="also run the matrix through the kernel's nf_conntrack_ftp + nf_nat_ftp and "
+        "show both results side by side")  # fmt: skip
+    add("--quick", action="store_true", help="curl modes only (a smaller matrix)")
+    add("--keep", action="store_true",
+        help="leave the lab up after the table until Ctrl-C; print how to enter it")  # fmt: skip
+    return p
+
+
+class Progress:
+    """One line per step and per transfer on `out`; remembers the step for error messages."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out, self.total, self.done = out, total, 0
+        self.current = "starting"
+
+    def step(self, text: str) -> None:
+        self.current = text
+        print(f"ftpalg lab: {text}", file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line that is not a step of its own (the current step stays what it was)."""
+        print(f"ftpalg lab: {text}", file=self.out, flush=True)
+
+    def transfer(self, path: str, case: Case, outcome: Outcome) -> None:
+        self.done += 1
+        mbps = f"{outcome.mbps:8.1f} MB/s" if outcome.mbps is not None else ""
+        state = "ok  " if outcome.ok else "FAIL"
+        line = f"[{self.done:>3}/{self.total}] {path:<6} {case.label:<24} {state} {mbps}"
+        if not outcome.ok:
+            line += f" {outcome.reason}"
+        print(f"ftpalg lab: {line.rstrip()}", file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def _signals(raising: bool) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (`raising`) or are ignored.
+
+    Only in this process: pyroute2 forks short-lived children (to make sockets inside a
+    namespace) and stops them with SIGTERM; a child that inherited a raising handler would
+    unwind through our `finally` and tear the lab down under the parent's feet, one that
+    ignored it could hang its parent. A child exits at once instead.
+    """
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        if raising:
+            raise KeyboardInterrupt
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def lab_main(argv: list[str]) -> int:
+    try:
+        args = build_lab_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"ftpalg lab: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0:
+        print("ftpalg lab: must run as root (it creates network namespaces and nftables "
+              "rules); try: sudo make lab", file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
+    tools = ["curl"] if args.quick else ["curl", "lftp"]
+    problem = lab_unavailable_reason() or (
+        "missing tools: " + ", ".join(missing_tools(*tools)) if missing_tools(*tools) else None
+    )
+    if problem:
+        print(f"ftpalg lab: {problem}", file=sys.stderr)
+        return EXIT_FAIL
+    all_cases = matrix.cases(args.quick)
+    progress = Progress(sys.stderr, len(all_cases) * (2 if args.kernel else 1))
+    try:
+        with _signals(raising=True):
+            return run_lab(args, all_cases, progress, sys.stdout)
+    except KeyboardInterrupt:
+        print("ftpalg lab: interrupted; the lab has been torn down", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (LabError, KernelSetupError, OSError) as exc:
+        print(f"ftpalg lab: {progress.current}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # a bug or a library error: still one line, still torn down
+        kind = type(exc).__name__
+        print(f"ftpalg lab: {progress.current}: failed: {kind}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def run_lab(
+    args: argparse.Namespace, all_cases: list[Case], progress: Progress, out: TextIO
+) -> int:
+    lab = Lab(prefix="lab")
+    progress.step(f"building namespaces {', '.join(lab.namespaces.values())}")
+    try:
+        lab.start()
+        return _run(lab, args, all_cases, progress, out)
+    finally:
+        with _signals(raising=False):
+            if not lab.closed:
+                progress.note(f"tearing down lab {lab.id}")
+            lab.close()
+
+
+def _run(
+    lab: Lab, args: argparse.Namespace, all_cases: list[Case], progress: Progress, out: TextIO
+) -> int:
+    a = lab.addresses
+    lab.sysctl("cli", "net.ipv4.ip_local_port_range", "20000 29999")  # apart from the gateway's
+    servers: dict[int, FtpServer] = {}
+    for version, address in ((4, a.server_v4), (6, a.server_v6)):
+        progress.step(f"starting {args.server} on {address} port 21")
+        servers[version] = start_server(lab, args.server, address)
+    progress.step(f"writing a {human_size(args.size)} test file into the servers' roots")
+    digests = matrix.prepare_files(servers, args.size)
+    results: dict[str, list[Outcome]] = {}
+    alg: AlgProcess | None = None
+
+    def run(path: str, commands: matrix.Commands) -> list[Outcome]:
+        def report(_: int, case: Case, outcome: Outcome) -> None:
+            progress.transfer(path, case, outcome)
+            if not outcome.ok:
+                for line in failure_context(servers[case.version], alg):
+                    progress.note("    " + line)
+
+        return matrix.run_matrix(lab, path, servers, digests, args.size, all_cases, commands,
+                                 report)  # fmt: skip
+
+    if args.kernel:
+        progress.step("gateway: kernel path (ct helper ftp + masquerade, forward policy drop)")
+        apply_kernel_nat(lab)
+        commands = matrix.Commands()
+        if not missing_tools("tcpdump"):
+            progress.step("starting tcpdump on the gateway's inside and outside interfaces")
+            inside = start_capture(lab, "gw", lab.ifnames.gw_inside)
+            outside = start_capture(lab, "gw", lab.ifnames.gw_outside)
+            commands = matrix.CaptureCommands(inside, outside)
+        else:
+            progress.step("tcpdump not installed: the kernel's rewrites are shown as '-'")
+        results["kernel"] = run(path="kernel", commands=commands)
+    progress.step(
+        "gateway: forward path closed; starting ftpalg (transparent, 0.0.0.0:21, [::]:21)"
+    )
+    apply_closed_gateway(lab)
+    alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--listen", "[::]:21"])
+    lab.on_close(lambda: shutil.rmtree(alg.log.parent, ignore_errors=True))
+    results = {"ftpalg": run("ftpalg", matrix.AlgCommands(alg))} | results
+    out.write(render(all_cases, results))
+    out.flush()
+    if args.keep:
+        out.write(keep_text(lab, servers, str(alg.log)))
+        out.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                signal.pause()
+    return 0 if all_ok(results) else EXIT_FAIL
+
+
+def failure_context(server: FtpServer, alg: AlgProcess | None, lines: int = 4) -> list[str]:
+    """After a failed transfer: the server's log tail and ftpalg's latest warnings."""
+    out = [f"{server.kind} log: {x}" for x in server.log_text().strip().splitlines()[-lines:]]
+    if alg is not None:
+        warnings = [e for e in alg.events() if e.get("level") in ("warning", "error")]
+        out += [f"ftpalg: {json.dumps(e)}" for e in warnings[-lines:]]
+    return out
+
+
+def keep_text(lab: Lab, servers: dict[int, FtpServer], alg_log: str) -> str:
+    """How to use and end a lab left running by --keep."""
+    ns, a = lab.namespaces, lab.addresses
+    srv = servers[4]
+    login = f"-u {srv.user}:{srv.password} " if srv.user else ""
+    names = " ".join(ns.values())
+    return "\n".join([
+        "",
+        f"The lab {lab.id} is up; ftpalg runs in the gateway. Press Ctrl-C here to tear it down.",
+        f"  client  ({a.client_v4}, {a.client_v6}):  ip netns exec {ns['cli']} bash",
+        f"  gateway ({a.gw_inside_v4} | {a.gw_outside_v4}):  ip netns exec {ns['gw']} bash",
+        f"  server  ({srv.kind} on {srv.address}, {servers[6].address}):  "
+        f"ip netns exec {ns['srv']} bash",
+        f"  try:     ip netns exec {ns['cli']} curl {login}-o /dev/null "
+        f"ftp://{srv.address}/{matrix.FILE_NAME}",
+        f"  look:    ip netns exec {ns['gw']} nft list ruleset; tail -f {alg_log}",
+        f"  if this process dies without tearing down:  for n in {names}; do "
+        "ip netns pids $n | xargs -r kill; ip netns delete $n; done",
+        "",
+    ])  # fmt: skip

@@ -1,0 +1,142 @@
+"""The transfer matrix of `ftpalg lab`: which transfers run, and running them on one path.
+
+How this works: `cases()` lists the matrix — every client mode of `clients.CLIENT_MODES` over
+IPv4 (curl EPSV/PASV/EPRT/PORT, lftp passive/active, ftplib PASV/PORT) and the curl and lftp
+modes that work over IPv6 (EPSV and EPRT), each as a download and an upload; `quick` keeps
+curl only. `run_matrix()` runs the cases in order against the lab's servers (one per IP
+version), checks every transfer by sha256 (a download against the served file, an upload
+against the file that arrived at the server) and returns one `table.Outcome` per case. The
+commands shown for a transfer come from a `Commands` source read right after it finishes:
+`AlgCommands` takes ftpalg's `rewrite` log events (`before` is what the sender sent, `after`
+what the receiver got), `CaptureCommands` takes the lines tcpdump saw on the gateway's inside
+(client side) and outside (server side) interfaces. Transfers run one at a time, so "new
+since the last transfer" is the transfer's own commands.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ftpalg.lab.alg import AlgProcess
+from ftpalg.lab.capture import Capture
+from ftpalg.lab.clients import CLIENT_MODES, run_transfer
+from ftpalg.lab.netns import Lab
+from ftpalg.lab.server_base import FtpServer, make_file, sha256_file
+from ftpalg.lab.table import Case, Outcome, reason_line
+from ftpalg.logs import escape
+
+V6_MODES = ("curl-epsv", "curl-eprt", "lftp-passive", "lftp-active")
+QUICK_V4 = ("curl-epsv", "curl-pasv", "curl-eprt", "curl-port")
+QUICK_V6 = ("curl-epsv", "curl-eprt")
+FILE_NAME = "lab.bin"
+UPLOAD_NAME = "upload-source.bin"
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """The matrix: IPv4 modes, then IPv6 modes; each a download and an upload."""
+    v4 = QUICK_V4 if quick else tuple(CLIENT_MODES)
+    v6 = QUICK_V6 if quick else V6_MODES
+    return [
+        Case(mode, version, upload)
+        for version, modes in ((4, v4), (6, v6))
+        for mode in modes
+        for upload in (False, True)
+    ]
+
+
+class Commands:
+    """Where the rewritten commands of the last transfer come from; the base has none."""
+
+    def take(self) -> tuple[str | None, str | None]:
+        """(client side, server side) of the newest rewrite since the previous call."""
+        return None, None
+
+
+class AlgCommands(Commands):
+    def __init__(self, alg: AlgProcess) -> None:
+        self.alg = alg
+        self.seen = len(alg.named("rewrite"))
+
+    def take(self) -> tuple[str | None, str | None]:
+        events = self.alg.named("rewrite")
+        new, self.seen = events[self.seen :], len(events)
+        if not new:
+            return None, None
+        last = new[-1]
+        before, after = str(last.get("before")), str(last.get("after"))
+        return (before, after) if last.get("kind") in ("PORT", "EPRT") else (after, before)
+
+
+class CaptureCommands(Commands):
+    def __init__(self, inside: Capture, outside: Capture) -> None:
+        self.inside, self.outside = inside, outside
+        self.seen = (len(inside.lines()), len(outside.lines()))
+
+    def take(self) -> tuple[str | None, str | None]:
+        ins, outs = self.inside.lines(), self.outside.lines()
+        new_in, new_out = ins[self.seen[0] :], outs[self.seen[1] :]
+        self.seen = (len(ins), len(outs))
+        client = escape(new_in[-1][1]) if new_in else None
+        server = escape(new_out[-1][1]) if new_out else None
+        return client, server
+
+
+def prepare_files(servers: dict[int, FtpServer], size: int) -> dict[int, str]:
+    """Write the download file into every server's root; sha256 per IP version."""
+    return {version: make_file(srv.root, FILE_NAME, size) for version, srv in servers.items()}
+
+
+def transfer_timeout(size: int) -> float:
+    """A generous limit: 30 s plus the size at 20 MB/s."""
+    return 30.0 + size / 20e6
+
+
+def run_matrix(
+    lab: Lab,
+    path: str,
+    servers: dict[int, FtpServer],
+    digests: dict[int, str],
+    size: int,
+    all_cases: Sequence[Case],
+    commands: Commands,
+    report: Callable[[int, Case, Outcome], None],
+) -> list[Outcome]:
+    """Run every case through whatever the gateway does now; `report` sees each outcome."""
+    work = Path(tempfile.mkdtemp(prefix=f"{lab.id}-client-"))
+    work.chmod(0o755)
+    upload_digest = make_file(work, UPLOAD_NAME, size)
+    timeout = transfer_timeout(size)
+    outcomes: list[Outcome] = []
+    try:
+        for i, case in enumerate(all_cases):
+            srv = servers[case.version]
+            target = srv.target
+            if case.upload:
+                name = f"{path}-{case.mode}-v{case.version}.bin"
+                remote, local = srv.upload_path(name), work / UPLOAD_NAME
+                result = run_transfer(lab, case.mode, target, remote, local, True, timeout)
+                expected, arrived = upload_digest, srv.uploaded(name)
+                got = sha256_file(arrived) if result.ok and arrived.exists() else None
+                arrived.unlink(missing_ok=True)
+            else:
+                local = work / "download.bin"
+                result = run_transfer(lab, case.mode, target, FILE_NAME, local, False, timeout)
+                expected, got = digests[case.version], result.sha256
+                local.unlink(missing_ok=True)
+            client_cmd, server_cmd = commands.take()
+            ok, reason = result.ok, ""
+            if not ok:
+                reason = reason_line(result.detail)
+            elif got != expected:
+                ok, reason = False, f"sha256 mismatch: {got or 'no file'} != {expected}"
+            outcome = Outcome(ok, result.nbytes if ok else 0, result.seconds, reason,
+                              client_cmd, server_cmd)  # fmt: skip
+            outcomes.append(outcome)
+            report(i, case, outcome)
+    finally:
+        for leftover in work.iterdir():
+            leftover.unlink(missing_ok=True)
+        work.rmdir()
+    return outcomes

@@ -1,0 +1,70 @@
+"""SIGHUP reloads and ``--check-config``: what may change at runtime, and checking a config.
+
+How this works. A reload rebuilds the configuration from the daemon's original command line
+(``build_config(argv)``: defaults < the ``--config`` file, read again < the same flags), so a
+flag keeps overriding the file exactly as at start. Keys in `RESTART_ONLY` (listeners, mode,
+kernel set-up, the metrics socket, the user) cannot change in a running process: their new
+values are reported as "needs restart" and the old ones kept. Everything else — policy,
+limits, timeouts, logging, the xferlog path — applies to sessions opened from then on;
+running sessions keep the `CorePolicy` they started with (a core `Session` holds its own).
+A file that does not load or check is reported in one line and nothing changes.
+
+`runtime_check` adds what only the machine can tell (does ``user`` exist, is there a
+directory for ``xferlog``) to the checks of ``ftpalg.config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ftpalg.config import Config, ConfigError, build_config
+
+RESTART_ONLY = ("listen", "upstream", "kernel_setup", "tproxy_mark", "route_table",
+                "inside_interfaces", "metrics", "user")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    config: Config  # the configuration to run with (restart-only keys as before)
+    changed: tuple[str, ...]  # keys whose new values apply now
+    needs_restart: tuple[str, ...]  # keys whose new values were not applied
+
+
+def runtime_check(config: Config) -> None:
+    """Raise ConfigError (one line) for what the config parser cannot know."""
+    if config.user is not None:
+        try:
+            pwd.getpwnam(config.user)
+        except KeyError:
+            raise ConfigError(f"user: no such user {config.user!r}", key="user") from None
+    if config.xferlog is not None:
+        directory = os.path.dirname(os.path.abspath(config.xferlog))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"xferlog: no directory {directory!r}", key="xferlog")
+
+
+def plan_reload(current: Config, argv: Sequence[str]) -> Reload:
+    """The configuration a SIGHUP leads to; raises ConfigError when the new one is bad."""
+    new, _ = build_config(argv)
+    runtime_check(new)
+    kept = tuple(k for k in RESTART_ONLY if getattr(new, k) != getattr(current, k))
+    config = dataclasses.replace(new, **{k: getattr(current, k) for k in kept})
+    names = [f.name for f in dataclasses.fields(Config)]
+    changed = tuple(k for k in names if getattr(config, k) != getattr(current, k))
+    return Reload(config, changed, kept)
+
+
+def check_config(argv: Sequence[str]) -> tuple[int, str]:
+    """``ftpalg --check-config``: (exit status, one line)."""
+    try:
+        config, args = build_config(argv)
+        runtime_check(config)
+    except ConfigError as exc:
+        return 2, f"ftpalg: {exc}"
+    source = f"config {args.config}" if args.config else "built-in defaults and flags"
+    mode = f"reverse to {config.upstream}" if config.upstream else "transparent"
+    return 0, f"ftpalg: {source}: OK ({mode}, listen {', '.join(map(str, config.listen))})"
