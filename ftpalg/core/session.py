@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ftpalg.core import policy as P
+from ftpalg.core.datapath import DataPath
 from ftpalg.core.expect import DataConnection, Expectation, PendingOpen
 from ftpalg.core.framer import LineFramer
 from ftpalg.core.ledger import SeqCorrection
@@ -27,7 +28,6 @@ from ftpalg.core.messages import (
     Action,
     CloseListener,
     CloseSession,
-    ConnectData,
     DataAccepted,
     DataConnected,
     DataFinished,
@@ -38,7 +38,6 @@ from ftpalg.core.messages import (
     ListenerOpened,
     Log,
     OpenListener,
-    RejectData,
     Send,
     ShutdownWrite,
     Side,
@@ -60,7 +59,7 @@ class Faces:
     client_face: Endpoint  # what the server sees the client as
 
 
-class Session:
+class Session(DataPath):
     def __init__(self, faces: Faces, policy: P.CorePolicy, now: float, rng: RandomSource):
         self.faces = faces
         self.policy = policy
@@ -287,59 +286,6 @@ class Session:
         out.append(Send(CLIENT, reply))
         out.append(Log("no_data_port", "warning", {"line": pending.line, "error": ev.error}))
         self._drain(pending.side, now, out)
-
-    # ---- data connections ---------------------------------------------------------------
-
-    def _on_data_accepted(self, ev: DataAccepted, now: float, out: list[Action]) -> None:
-        exp = self.expectation
-        if self.closed or exp is None or exp.listener != ev.listener:
-            out.append(RejectData(ev.conn))
-            out.append(Log("data_rejected", "warning", {"peer": str(ev.peer), "reason": "stale"}))
-            return
-        if ev.peer.host != exp.accept_from:
-            out.append(RejectData(ev.conn))
-            out.append(
-                Log("data_theft_refused", "warning", {
-                    "peer": str(ev.peer), "expected": str(exp.accept_from),
-                    "listen": str(exp.listen),
-                })
-            )  # fmt: skip
-            return
-        self.expectation = None
-        out.append(CloseListener(exp.listener))
-        source_port = ev.peer.port if exp.kind.from_client else 0  # active data keeps port 20
-        self._data[ev.conn] = DataConnection(exp.kind, exp.target, now)
-        self.notes.accepted(ev.conn)
-        self._dialing[ev.conn] = SERVER if exp.kind.from_client else CLIENT
-        out.append(ConnectData(ev.conn, exp.target, Endpoint(exp.dial_from, source_port)))
-        out.append(
-            Log("data_accepted", "info", {
-                "conn": ev.conn, "peer": str(ev.peer), "target": str(exp.target),
-                "mode": "active" if exp.kind.from_client else "passive",
-            })
-        )  # fmt: skip
-
-    def _release_dial(self, conn: int, now: float, out: list[Action]) -> None:
-        side = self._dialing.pop(conn, None)
-        if side is not None:
-            self._drain(side, now, out)
-
-    def _on_data_finished(self, ev: DataFinished, now: float, out: list[Action]) -> None:
-        conn = self._data.pop(ev.conn, None)
-        if conn is None:
-            return
-        self._last_activity = now
-        to_client, to_server = ev.accepted_to_dialed, ev.dialed_to_accepted
-        if not conn.active:
-            to_client, to_server = to_server, to_client
-        out.append(
-            Log("data_finished", "info" if ev.error is None else "warning", {
-                "conn": ev.conn, "mode": "active" if conn.active else "passive",
-                "bytes_to_client": to_client, "bytes_to_server": to_server,
-                "seconds": round(ev.seconds, 6), "result": ev.error or "ok",
-                **self.notes.finished(ev.conn),
-            })
-        )  # fmt: skip
 
     # ---- time and closing ---------------------------------------------------------------
 
