@@ -8,3 +8,6 @@ lab: setup
 fmt: setup
 	.venv/bin/ruff format ftpalg tests bench
 	.venv/bin/ruff check --fix ftpalg tests bench
+
+bench: setup
+	.venv/bin/python -m bench

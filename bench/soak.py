@@ -4,7 +4,9 @@
 
 How this works: one lab (transparent mode, forward-drop gateway), vsftpd and pyftpdlib with
 40 files of log-uniform random sizes from 0 B to 64 MiB; clients cycle through every client
-mode, downloads and uploads; every transfer's sha256 is compared. ftpalg's open descriptors
+mode, downloads and uploads (the parallel burst against vsftpd only: pyftpdlib, a single
+process, times out a few of 50+ concurrent sessions even on the kernel path); every
+transfer's sha256 is compared. ftpalg's open descriptors
 and RSS are read after a warm-up burst of parallel transfers and again at the end (after
 lingering closes settle); the run fails on any bad transfer or a drift of more than 5 %.
 """
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [rng.randrange(1 << 30) for _ in range(args.parallel)]
 
         def job(n: int) -> str | None:
-            srv = servers[n % 2]
+            # parallel bursts go to vsftpd: pyftpdlib (one process) drops a few of 50+
+            # concurrent sessions even on the kernel path (5-6 of 100 timed out there too)
+            srv = servers[0]
             return one(lab, srv, files[srv.kind], random.Random(seeds[n]), tmp, 100000 + n)
 
         # warm-up: one parallel burst, so first-touch allocations (buffers, arenas, log
@@ -97,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(4)
         start_stats = proc_stats(pid)
         t0 = time.monotonic()
+        trace = []
         for n in range(args.sequential):
             srv = servers[n % 2]
             if err := one(lab, srv, files[srv.kind], rng, tmp, 1000 + n):
                 failures.append(err)
+            if n % 250 == 249:
+                trace.append(proc_stats(pid)[1])
         t1 = time.monotonic()
         seeds[:] = [rng.randrange(1 << 30) for _ in range(args.parallel)]
         with ThreadPoolExecutor(args.parallel) as pool:
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "fds_start": start_stats[0], "fds_end": end_stats[0],
         "rss_kib_start": start_stats[1], "rss_kib_end": end_stats[1],
         "fd_drift": round(fd_drift, 4), "rss_drift": round(rss_drift, 4),
+        "rss_kib_every_250": trace,
     }  # fmt: skip
     print(json.dumps(report, indent=2))
     ok = not failures and abs(fd_drift) <= 0.05 and abs(rss_drift) <= 0.05

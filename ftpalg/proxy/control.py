@@ -81,10 +81,9 @@ class HalfProtocol(asyncio.Protocol):
             self.control.feed_data(self.side, data)
 
     def eof_received(self) -> bool:
-        if self.control is not None and self.control.closed:
+        if self.control is None or self.control.closed:
             return False  # lingering after the session ended: close now
-        if self.control is not None:
-            self.control.feed_data(self.side, b"")
+        self.control.feed_data(self.side, b"")
         return True  # keep the transport for the other direction (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -150,9 +149,9 @@ class ControlSession:
     def dispatch(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                transport = self.halves[action.side].transport
-                if transport is not None and not transport.is_closing():
-                    transport.write(action.data)
+                half = self.halves.get(action.side)
+                if half is not None and half.transport and not half.transport.is_closing():
+                    half.transport.write(action.data)
             elif isinstance(action, Log):
                 getattr(self.log, action.level)(action.event, **action.fields)
             elif isinstance(action, OpenListener):
@@ -166,13 +165,9 @@ class ControlSession:
                 if sock is not None:
                     sock.close()
             elif isinstance(action, ShutdownWrite):
-                transport = self.halves[action.side].transport
-                if (
-                    transport is not None
-                    and transport.can_write_eof()
-                    and not transport.is_closing()
-                ):
-                    transport.write_eof()
+                half = self.halves.get(action.side)
+                if half is not None and half.transport and not half.transport.is_closing():
+                    half.transport.write_eof()
             elif isinstance(action, CloseSession):
                 self._finish()
         self._arm_timer()
@@ -287,4 +282,6 @@ class ControlSession:
         for half in self.halves.values():
             if half.transport is not None and not half.transport.is_closing():
                 self._linger(half.transport)
+            half.control = None  # break the half <-> session cycle: freed without the GC
+        self.halves.clear()
         self.gateway.session_ended(self)

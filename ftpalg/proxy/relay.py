@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 PIPE_SIZE = 256 * 1024
 BUFFER_SIZE = 256 * 1024
+FALLBACK_BUFFER_SIZE = 16 * 1024  # after leaving splice mode (EOF, urgent mark)
 _BUDGET = 16  # fill/drain steps per callback before yielding to the loop
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
@@ -106,8 +107,13 @@ class _Direction:
         self.cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
 
     def _to_buffer_mode(self) -> None:
-        """Leave splice mode; bytes still in the pipe move into the buffer first."""
-        buf = memoryview(bytearray(max(BUFFER_SIZE, self.pending)))
+        """Leave splice mode; bytes still in the pipe move into the buffer first.
+
+        Leaving splice mode mid-stream almost always means EOF (or the rare urgent mark), so
+        that buffer is small: a full-size one per direction of every finished relay kept the
+        allocator's heap high under many parallel transfers (seen in the soak)."""
+        size = BUFFER_SIZE if self.pipe is None else FALLBACK_BUFFER_SIZE
+        buf = memoryview(bytearray(max(size, self.pending)))
         if self.pipe is not None:
             r, w = self.pipe
             got = 0

@@ -69,11 +69,11 @@ def test_metrics_and_xferlog_count_a_real_session(
                      "--xferlog", str(xferlog))  # fmt: skip
     url = f"http://127.0.0.2:{mport}/metrics"
     try:
-        probe_done = (
-            (("ftpalg_sessions_total", (("mode", "reverse"),)), 1.0),
-            (("ftpalg_sessions_active", (("mode", "reverse"),)), 0.0),
-        )  # launch_alg's port probe
-        wait_for(lambda: all(scrape(url).get(k) == v for k, v in probe_done))
+        # launch_alg's port probe becomes a session or is abandoned before its upstream
+        # connection; either way it is over within a second
+        time.sleep(1.0)
+        active = ("ftpalg_sessions_active", (("mode", "reverse"),))
+        wait_for(lambda: scrape(url).get(active) == 0.0)
         before = scrape(url)
         assert value(before, "ftpalg_data_bytes_total", direction="to_client") == 0
         ftp = login(alg)
