@@ -53,6 +53,10 @@ class ParityRun:
 def _run_ftpalg(lab: Lab, workdir: Path, rendered: list[Rendered],
                 window: float) -> dict[str, Observation]:  # fmt: skip
     apply_closed_gateway(lab)
+    # Forget the kernel path's connections: a stale conntrack entry (RST'd cases stay in
+    # CLOSE for 10 s) still carries its NAT binding, and a client reusing its source port
+    # would have ftpalg's SYN-ACK de-NATed away (seen in CI as a rare "no banner").
+    lab.run("gw", ["conntrack", "-F"], check=True)
     observations: dict[str, Observation] = {}
     for config, extra in CONFIG_ARGS.items():
         cases = [c.to_json() for c in rendered if c.config == config]
