@@ -57,7 +57,7 @@ class DataPath:
         self.expectation = None
         out.append(CloseListener(exp.listener))
         source_port = ev.peer.port if exp.kind.from_client else 0  # active data keeps port 20
-        self._data[ev.conn] = DataConnection(exp.kind, exp.target, now)
+        self._data[ev.conn] = DataConnection(exp.kind)
         self.notes.accepted(ev.conn)
         self._dialing[ev.conn] = SERVER if exp.kind.from_client else CLIENT
         out.append(ConnectData(ev.conn, exp.target, Endpoint(exp.dial_from, source_port)))

@@ -49,8 +49,6 @@ class Expectation:
 @dataclass(frozen=True, slots=True)
 class DataConnection:
     kind: Kind
-    target: Endpoint
-    started: float
 
     @property
     def active(self) -> bool:

@@ -120,10 +120,6 @@ class Session(DataPath):
         self._close(reason, out)
         return out
 
-    @property
-    def data_connections(self) -> int:
-        return len(self._data)
-
     # ---- control lines ------------------------------------------------------------------
 
     def _on_data(self, side: Side, data: bytes, now: float, out: list[Action]) -> None:

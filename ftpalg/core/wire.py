@@ -112,6 +112,19 @@ def _get_port(data: bytes, start: int, delim: int) -> tuple[int, int] | str:
     return "port not closed by its delimiter"
 
 
+def _six_numbers(kind: Kind, result: tuple[list[int], int], start: int, v6: bool) -> Parsed:
+    """h1,h2,h3,h4,p1,p2 (PORT and 227) as a Match, or why it is refused."""
+    fields, length = result
+    if not _octets(fields):
+        return Malformed(kind, "number above 255")
+    port = fields[4] << 8 | fields[5]
+    if port == 0:
+        return Malformed(kind, "port 0")
+    if v6:
+        return Malformed(kind, f"{kind.value} names an IPv4 address on an IPv6 connection")
+    return Match(kind, IPv4Address(bytes(fields[:4])), port, start, start + length)
+
+
 def _parse_port(line: bytes, v6: bool) -> Parsed:
     space = line.find(b" ", 4)
     if space < 0:
@@ -120,15 +133,7 @@ def _parse_port(line: bytes, v6: bool) -> Parsed:
     result = try_number(line, start, 6, 44, 13)  # ',' separated, CR right after the 6th
     if result is None:
         return Malformed(Kind.PORT, "expected h1,h2,h3,h4,p1,p2 followed by CR")
-    fields, length = result
-    if not _octets(fields):
-        return Malformed(Kind.PORT, "number above 255")
-    port = fields[4] << 8 | fields[5]
-    if port == 0:
-        return Malformed(Kind.PORT, "port 0")
-    if v6:
-        return Malformed(Kind.PORT, "PORT names an IPv4 address on an IPv6 connection")
-    return Match(Kind.PORT, IPv4Address(bytes(fields[:4])), port, start, start + length)
+    return _six_numbers(Kind.PORT, result, start, v6)
 
 
 def _parse_eprt(line: bytes, v6: bool) -> Parsed:
@@ -198,16 +203,7 @@ def _parse_227(line: bytes, v6: bool) -> Parsed:
     result = try_number(line, first_digit, 6, 44, None)
     if result is None:
         return Malformed(Kind.PASV, "expected h1,h2,h3,h4,p1,p2")
-    fields, length = result
-    if not _octets(fields):
-        return Malformed(Kind.PASV, "number above 255")
-    port = fields[4] << 8 | fields[5]
-    if port == 0:
-        return Malformed(Kind.PASV, "port 0")
-    if v6:
-        return Malformed(Kind.PASV, "227 names an IPv4 address on an IPv6 connection")
-    address = IPv4Address(bytes(fields[:4]))
-    return Match(Kind.PASV, address, port, first_digit, first_digit + length)
+    return _six_numbers(Kind.PASV, result, first_digit, v6)
 
 
 def _parse_229(line: bytes, v6: bool) -> Parsed:
