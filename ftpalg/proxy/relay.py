@@ -9,7 +9,8 @@ the stdlib loop and on uvloop). A direction owns a kernel pipe and alternates:
 
 It waits for *either* ``src`` readable (pipe empty) *or* ``dst`` writable (pipe holds bytes),
 never both; that is the back-pressure: a slow receiver stops the reads, and at most one pipe
-(256 KiB) per direction is ever held. Callbacks run at most ``_BUDGET`` steps, then yield to
+(1 MiB, the default fs.pipe-max-size: 1605 vs 1432 MB/s for 256 KiB on a 1 GiB lab download)
+per direction is ever held. Callbacks run at most ``_BUDGET`` steps, then yield to
 the loop (the registration is level-triggered, so they come back at once when still ready).
 
 Subtle rules:
@@ -42,7 +43,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-PIPE_SIZE = 256 * 1024
+PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 256 * 1024
 FALLBACK_BUFFER_SIZE = 16 * 1024  # after leaving splice mode (EOF, urgent mark)
 _BUDGET = 16  # fill/drain steps per callback before yielding to the loop
