@@ -178,6 +178,39 @@ def test_sighup_reloads_policy_for_new_sessions_only(ftp_server: int, tmp_path: 
         stop(alg.proc)
 
 
+def test_sighup_under_load_leaves_a_running_transfer_untouched(
+    ftp_server: int, ftp_root: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(8 << 20)
+    (ftp_root / "big.bin").write_bytes(data)
+    conf = tmp_path / "ftpalg.toml"
+    conf.write_text("idle_timeout = 900\n")
+    alg = launch_alg(tmp_path, ftp_server, "--config", str(conf))
+    try:
+        ftp = login(alg)
+        got = bytearray()
+        signalled = False
+
+        def slow_sink(chunk: bytes) -> None:  # ~1 s for the file: the reload lands mid-way
+            nonlocal signalled
+            got.extend(chunk)
+            if not signalled and len(got) > len(data) // 4:
+                conf.write_text("idle_timeout = 30\nloose = true\n")
+                alg.proc.send_signal(signal.SIGHUP)
+                signalled = True
+            time.sleep(0.001)
+
+        ftp.retrbinary("RETR big.bin", slow_sink, blocksize=8192)
+        assert signalled and bytes(got) == data  # byte-exact across the reload
+        assert ftp.sendcmd("NOOP").startswith("200")  # the session itself carries on
+        wait_for(lambda: bool(events(alg, "reloaded")))
+        (reloaded,) = events(alg, "reloaded")
+        assert reloaded["changed"] == ["loose", "idle_timeout"]
+        ftp.quit()
+    finally:
+        stop(alg.proc)
+
+
 def check(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ftpalg", "--check-config", *argv],
                           capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
