@@ -14,19 +14,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 
-LAB_REQUIRED = os.environ.get("FTPALG_LAB_REQUIRED") == "1"
-
-
-def unavailable(reason: str) -> NoReturn:
-    if LAB_REQUIRED:
-        pytest.fail(
-            f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}", pytrace=False
-        )
-    pytest.skip(reason)
+from tests.lab.conftest import unavailable  # skip, or fail with FTPALG_LAB_REQUIRED=1
 
 
 class Lab:

@@ -17,7 +17,8 @@ SERVER_KINDS = ("pyftpdlib", "vsftpd", "pure-ftpd")
 def unavailable(reason: str) -> NoReturn:
     """Skip, or fail when the lab is required (FTPALG_LAB_REQUIRED=1)."""
     if lab_required():
-        pytest.fail(f"lab required but unavailable: {reason}")
+        pytest.fail(f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}",
+                    pytrace=False)  # fmt: skip
     pytest.skip(reason)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ftplib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,6 @@ CURL_MODES = {"epsv": [], "pasv": ["--disable-epsv"], "eprt": ["-P", "-"],
               "port": ["-P", "-", "--disable-eprt"]}  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 @pytest.mark.parametrize("mode", sorted(CURL_MODES))
 def test_curl_modes(reverse_alg: Alg, ftp_root: Path, tmp_path: Path, mode: str) -> None:
     (ftp_root / "f.bin").write_bytes(os.urandom(300_000))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import NoReturn
 
 import pytest
 
@@ -23,6 +22,7 @@ from ftpalg.proxy.sockets import (
     make_listener,
     set_control_options,
 )
+from tests.lab.conftest import unavailable
 
 V4 = IPv4Address("127.0.0.1")
 V6 = IPv6Address("::1")
@@ -108,14 +108,6 @@ def test_control_options() -> None:
 
 
 # --- lab: transparency needs root and addresses that exist only in our namespace ---------
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("FTPALG_LAB_REQUIRED") == "1":
-        pytest.fail(
-            f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}", pytrace=False
-        )
-    pytest.skip(reason)
 
 
 @pytest.fixture
