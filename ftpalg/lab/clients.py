@@ -1,6 +1,6 @@
 """Real FTP clients (curl, lftp, Python ftplib) run inside the lab's client namespace.
 
-How this works: each function runs one client process via `lab.run("cli", ...)` for one
+How this works: each `*_transfer` runs one client process in `lab.client_role` for one
 download or upload and returns a `TransferResult`. A download is judged by the file that
 arrived: `sha256` is the digest of the local file (None when the client failed). An upload
 reports the digest of the file that was sent; the caller compares it with the file the server
@@ -113,28 +113,6 @@ def curl_transfer(
     return _result(rc, err, secs, local, f"curl {mode}", download=not upload)
 
 
-def curl_download(
-    lab: Lab,
-    target: FtpTarget,
-    remote: str,
-    local: Path,
-    mode: CurlMode = "epsv",
-    timeout: float = 30.0,
-) -> TransferResult:
-    return curl_transfer(lab, target, remote, local, upload=False, mode=mode, timeout=timeout)
-
-
-def curl_upload(
-    lab: Lab,
-    target: FtpTarget,
-    local: Path,
-    remote: str,
-    mode: CurlMode = "epsv",
-    timeout: float = 30.0,
-) -> TransferResult:
-    return curl_transfer(lab, target, remote, local, upload=True, mode=mode, timeout=timeout)
-
-
 def _lftp_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -177,28 +155,6 @@ def lftp_transfer(
     return _result(rc, err, secs, local, what, download=not upload)
 
 
-def lftp_download(
-    lab: Lab,
-    target: FtpTarget,
-    remote: str,
-    local: Path,
-    passive: bool = True,
-    timeout: float = 30.0,
-) -> TransferResult:
-    return lftp_transfer(lab, target, remote, local, False, passive, timeout)
-
-
-def lftp_upload(
-    lab: Lab,
-    target: FtpTarget,
-    local: Path,
-    remote: str,
-    passive: bool = True,
-    timeout: float = 30.0,
-) -> TransferResult:
-    return lftp_transfer(lab, target, remote, local, True, passive, timeout)
-
-
 def ftplib_transfer(
     lab: Lab,
     target: FtpTarget,
@@ -237,28 +193,6 @@ def ftplib_transfer(
     if result.ok and result.sha256 != report.get("sha256"):
         return TransferResult(False, None, 0, secs, f"{what}: digest mismatch {report}")
     return result
-
-
-def ftplib_download(
-    lab: Lab,
-    target: FtpTarget,
-    remote: str,
-    local: Path,
-    passive: bool = True,
-    timeout: float = 30.0,
-) -> TransferResult:
-    return ftplib_transfer(lab, target, remote, local, False, passive, timeout)
-
-
-def ftplib_upload(
-    lab: Lab,
-    target: FtpTarget,
-    local: Path,
-    remote: str,
-    passive: bool = True,
-    timeout: float = 30.0,
-) -> TransferResult:
-    return ftplib_transfer(lab, target, remote, local, True, passive, timeout)
 
 
 # Every client mode of the lab matrix: name -> (client program, passive, curl mode)

@@ -65,7 +65,7 @@ def test_curl_download_ipv4(
     lab, pool = kernel_lab
     server = pool.get(kind)
     name, digest = _file(server)
-    result = clients.curl_download(lab, server.target, name, tmp_path / "out", mode)
+    result = clients.curl_transfer(lab, server.target, name, tmp_path / "out", mode=mode)
     _assert_download(result, digest, MiB)
 
 
@@ -77,7 +77,7 @@ def test_curl_download_ipv6(
     lab, pool = kernel_lab
     server = pool.get(kind, version=6)
     name, digest = _file(server)
-    result = clients.curl_download(lab, server.target, name, tmp_path / "out", mode)
+    result = clients.curl_transfer(lab, server.target, name, tmp_path / "out", mode=mode)
     _assert_download(result, digest, MiB)
 
 
@@ -90,7 +90,9 @@ def test_curl_upload(
     server = pool.get(kind, version)
     make_file(tmp_path, "up.bin", 3 * MiB + 17)
     name = f"curl-up-{version}.bin"
-    result = clients.curl_upload(lab, server.target, tmp_path / "up.bin", server.upload_path(name))
+    result = clients.curl_transfer(
+        lab, server.target, server.upload_path(name), tmp_path / "up.bin", upload=True
+    )
     _assert_upload(result, server, name)
 
 
@@ -101,12 +103,12 @@ def test_lftp(kernel_lab: tuple[Lab, ServerPool], kind: str, passive: bool, tmp_
     server = pool.get(kind)
     make_file(tmp_path, "up.bin", MiB + 1)
     name = f"lftp-up-{passive}.bin"
-    up = clients.lftp_upload(
-        lab, server.target, tmp_path / "up.bin", server.upload_path(name), passive=passive
+    up = clients.lftp_transfer(
+        lab, server.target, server.upload_path(name), tmp_path / "up.bin", True, passive
     )
     _assert_upload(up, server, name)
     fname, digest = _file(server)
-    down = clients.lftp_download(lab, server.target, fname, tmp_path / "out", passive=passive)
+    down = clients.lftp_transfer(lab, server.target, fname, tmp_path / "out", passive=passive)
     _assert_download(down, digest, MiB)
 
 
@@ -119,12 +121,12 @@ def test_ftplib(
     lab, pool = kernel_lab
     server = pool.get(kind, version)
     name, digest = _file(server)
-    down = clients.ftplib_download(lab, server.target, name, tmp_path / "out", passive=passive)
+    down = clients.ftplib_transfer(lab, server.target, name, tmp_path / "out", passive=passive)
     _assert_download(down, digest, MiB)
     make_file(tmp_path, "up.bin", MiB + 3)
     up_name = f"ftplib-up-{passive}-{version}.bin"
-    up = clients.ftplib_upload(
-        lab, server.target, tmp_path / "up.bin", server.upload_path(up_name), passive=passive
+    up = clients.ftplib_transfer(
+        lab, server.target, server.upload_path(up_name), tmp_path / "up.bin", True, passive
     )
     _assert_upload(up, server, up_name)
 
@@ -136,7 +138,7 @@ def test_server_sees_gateway_and_helper_is_attached(
     lab, pool = kernel_lab
     server = pool.get(kind)
     name, digest = _file(server)
-    result = clients.curl_download(lab, server.target, name, tmp_path / "out", "port")
+    result = clients.curl_transfer(lab, server.target, name, tmp_path / "out", mode="port")
     _assert_download(result, digest, MiB)
     seen = server.seen_clients()
     a = lab.addresses
@@ -161,15 +163,17 @@ def test_without_helper_data_connections_are_dropped(tmp_path: Path) -> None:
         # ... but neither direction of data connection is.
         negative: tuple[clients.CurlMode, ...] = ("port", "eprt", "epsv")
         for mode in negative:
-            result = clients.curl_download(
-                lab, server.target, name, tmp_path / mode, mode, timeout=3
+            result = clients.curl_transfer(
+                lab, server.target, name, tmp_path / mode, mode=mode, timeout=3
             )
             assert not result.ok, f"{mode} passed without the helper"
         # Positive control: only the helper is added.
         gateway.apply_kernel_nat(lab, helper=True)
         positive: tuple[clients.CurlMode, ...] = ("port", "epsv")
         for mode in positive:
-            result = clients.curl_download(lab, server.target, name, tmp_path / f"ok-{mode}", mode)
+            result = clients.curl_transfer(
+                lab, server.target, name, tmp_path / f"ok-{mode}", mode=mode
+            )
             _assert_download(result, digest, MiB)
     finally:
         lab.close()
