@@ -18,7 +18,6 @@ them all); the report uses medians and the spread between runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from bench import procstat
 from bench.paths import BenchPath
 from ftpalg.lab.netns import LabError
+from ftpalg.lab.servers import sha256_file
 
 LOAD = str(Path(__file__).with_name("load.py"))
 MODES = {"epsv": [], "port": ["-P", "-", "--disable-eprt"]}
@@ -36,14 +36,6 @@ COMBOS = [(m, d) for m in MODES for d in ("download", "upload")]
 def rotated(paths: list[BenchPath], r: int) -> list[BenchPath]:
     k = r % len(paths)
     return paths[k:] + paths[:k]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cpu_before(p: BenchPath) -> float:
@@ -83,11 +75,11 @@ def transfer(p: BenchPath, big: str, size: int, digest: str, mode: str, upload: 
             if arrived.stat().st_size != size:
                 raise LabError(f"{p.name}: upload arrived with {arrived.stat().st_size} bytes")
             if verify:
-                if _sha256(arrived) != digest:
+                if sha256_file(arrived) != digest:
                     raise LabError(f"{p.name}: uploaded file differs (sha256)")
                 checked = "sha256"
         elif verify:
-            if _sha256(local) != digest:
+            if sha256_file(local) != digest:
                 raise LabError(f"{p.name}: downloaded file differs (sha256)")
             checked = "sha256"
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 from ftpalg.lab.netns import lab_unavailable_reason
 from tests.lab.conftest import need_tools, unavailable
+from tests.lab.test_lab_report import parse_table as table
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
@@ -42,17 +43,6 @@ def lab_id(stderr: str) -> str:
 def namespaces_of(lab: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(lab)]
-
-
-def table(stdout: str) -> tuple[list[str], list[list[str]]]:
-    lines = stdout.splitlines()
-    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
-    rows = []
-    for line in lines[rule + 1 :]:
-        if not line:
-            break
-        rows.append(re.split(r"\s{2,}", line))
-    return lines[rule - 1].split(), rows
 
 
 def test_lab_runs_the_whole_matrix_through_ftpalg() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -130,9 +131,8 @@ OK_PORT = Outcome(True, 8 << 20, 0.1, "", "PORT 10,9,1,2,4,1\\r\\n", "PORT 203,0
 OK_EPSV = Outcome(True, 8 << 20, 0.05, "", "229 x (|||40001|)", "229 x (|||40001|)")
 
 
-def _rows(text: str) -> list[list[str]]:
-    import re
-
+def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a printed lab table (columns are two or more spaces apart)."""
     lines = text.splitlines()
     rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
     rows = []
@@ -140,14 +140,14 @@ def _rows(text: str) -> list[list[str]]:
         if not line:
             break
         rows.append(re.split(r"\s{2,}", line))
-    return rows
+    return lines[rule - 1].split(), rows
 
 
 def test_render_one_path() -> None:
     text = render(CASES, {"ftpalg": [OK_PORT, OK_EPSV]})
     header = text.splitlines()[0].split()
     assert header[:3] == ["mode", "ip", "dir"] and header[-2:] == ["ftpalg", "MB/s"]
-    assert _rows(text) == [
+    assert parse_table(text)[1] == [
         ["curl-port", "v4", "get", "PORT 10,9,1,2,4,1", "PORT 203,0,113,1,4,1", "ok", "83.9"],
         ["curl-epsv", "v6", "put", "229 (|||40001|)", "229 (|||40001|)", "ok", "167.8"],
     ]
@@ -161,7 +161,7 @@ def test_render_kernel_side_by_side_with_a_failure() -> None:
     results = {"ftpalg": [OK_PORT, bad], "kernel": [kernel_port, OK_EPSV]}
     text = render(CASES, results)
     assert text.splitlines()[0].split()[-4:] == ["ftpalg", "MB/s", "kernel", "MB/s"]
-    rows = _rows(text)
+    rows = parse_table(text)[1]
     assert rows[0][-4:] == ["ok", "83.9", "ok", "41.9"]
     assert rows[1][-4:] == ["FAIL [1]", "-", "ok", "167.8"]
     assert "[1] ftpalg, curl-epsv v6 put: curl port exit 28: curl: (28) timed out" in text
