@@ -75,6 +75,7 @@ class Session(DataPath):
         self._eof_done = {CLIENT: False, SERVER: False}
         self._data: dict[int, DataConnection] = {}
         self._dialing: dict[int, Side] = {}  # conn -> the side whose lines wait for the dial
+        self._write_shut: set[Side] = set()  # sides we passed an EOF to
         self._last_activity = now
         self._partial_since: dict[Side, float | None] = {CLIENT: None, SERVER: None}
         self._next_listener = 1
@@ -102,7 +103,7 @@ class Session(DataPath):
             self._on_data_finished(event, now, out)
         elif isinstance(event, TimerFired):
             self._on_timer(now, out)
-        return out
+        return self._after_shutdown(out)
 
     def next_deadline(self) -> float | None:
         if self.closed:
@@ -118,7 +119,20 @@ class Session(DataPath):
         """Close from outside (shutdown, upstream gone): optional reply to the client first."""
         out: list[Action] = [Send(CLIENT, reply)] if reply and not self.closed else []
         self._close(reason, out)
-        return out
+        return self._after_shutdown(out)
+
+    def _after_shutdown(self, out: list[Action]) -> list[Action]:
+        """Nothing is sent to a side after its write half was shut (the peer's EOF was passed
+        on): a late reply of ftpalg's own (421 on shutdown or idle, 500 on a bad line) is
+        dropped; the peer could not read it, and the transport must not write after EOF."""
+        kept: list[Action] = []
+        for action in out:
+            if isinstance(action, ShutdownWrite):
+                self._write_shut.add(action.side)
+            elif isinstance(action, Send) and action.side in self._write_shut:
+                continue
+            kept.append(action)
+        return kept
 
     # ---- control lines ------------------------------------------------------------------
 

@@ -261,3 +261,12 @@ def test_unterminated_address_line_at_eof_is_dropped() -> None:
     s.receive(CLIENT, b"PORT 172,20,9,84,18,67\r", 0.0)
     acts = s.receive(CLIENT, b"", 0.0)
     assert sends(acts, SERVER) == [] and logs(acts, "unterminated_address_line_dropped")
+
+
+def test_no_reply_after_the_clients_write_half_was_shut() -> None:
+    s = new_session()
+    acts = s.receive(SERVER, b"221 Bye\r\n", 0.0) + s.receive(SERVER, b"", 0.0)
+    assert acts[-1] == ShutdownWrite(CLIENT)
+    # shutdown of the gateway, then a bad line: ftpalg's own replies have nowhere to go
+    acts = s.close("gateway shutting down", b"421 bye\r\n")
+    assert sends(acts, CLIENT) == [] and isinstance(acts[-1], CloseSession)

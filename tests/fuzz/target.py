@@ -3,7 +3,8 @@
 An input is split into chunks, each sent by the client or the server side (the first byte
 of each chunk chooses), every listener the core asks for is "bound" on the port it asked
 for, and the session ends with EOF from both sides. Whatever the bytes, the session must
-not raise, must never forward a NUL, and every line it forwards must be an input line,
+not raise, must never forward a NUL, must send nothing to a side after passing it an EOF,
+and every line it forwards must be an input line,
 a prefix of one (the unterminated rest at EOF), ftpalg's own reply to the client, or an
 input line changed only inside the span its parser reported.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from ftpalg.core.messages import Action, ListenerOpened, OpenListener, Send, Side
+from ftpalg.core.messages import Action, ListenerOpened, OpenListener, Send, ShutdownWrite, Side
 from ftpalg.core.policy import CorePolicy
 from ftpalg.core.session import Session
 from ftpalg.core.wire import Match, parse_client_line, parse_server_line
@@ -55,6 +56,11 @@ def lf_lines(stream: bytes) -> list[bytes]:
 
 
 def check(streams: dict[Side, bytearray], out: list[Action], v6: bool = False) -> None:
+    shut: set[Side] = set()
+    for action in out:  # nothing is ever sent to a side after its write half was shut
+        if isinstance(action, ShutdownWrite):
+            shut.add(action.side)
+        assert not (isinstance(action, Send) and action.side in shut), action
     for side in Side:
         lines = lf_lines(bytes(streams[side]))
         parse = parse_client_line if side is Side.CLIENT else parse_server_line
