@@ -273,10 +273,12 @@ def test_sigterm_drains_a_running_transfer(tmp_path: Path) -> None:
     try:
         apply_closed_gateway(lab)
         srv = start_server(lab, "vsftpd", lab.addresses.server_v4)
-        digest = make_file(srv.root, "f.bin", 6 << 20)
+        # far more than the socket buffers and the relay's pipe can hold (~12 MiB), so the
+        # relay is still running when SIGTERM arrives: ~3 s at 16 MiB/s
+        digest = make_file(srv.root, "f.bin", 48 << 20)
         alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--grace-period", "20"])
         out = tmp_path / "f.bin"
-        curl = lab.popen("cli", ["curl", "-sS", "--limit-rate", "3M", "-o", str(out),
+        curl = lab.popen("cli", ["curl", "-sS", "--limit-rate", "16M", "-o", str(out),
                                  f"ftp://{srv.address}/f.bin"], stderr=subprocess.PIPE)  # fmt: skip
         assert wait_until(lambda: bool(alg.named("data_accepted")), 10)
         assert alg.stop(timeout=30) == 0
