@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ftpalg.config import ConfigError, build_config
+from ftpalg.ops.config import ConfigError, build_config
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ftpalg: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if parsed.check_config:  # the file and flags, plus what only the machine knows (user)
-        from ftpalg.reload import check_config
+        from ftpalg.ops.reload import check_config
 
         status, line = check_config(args)
         print(line, file=sys.stdout if status == 0 else sys.stderr)

@@ -1,4 +1,4 @@
-"""ftpalg.config: precedence (defaults < file < CLI), one-line errors, the example config."""
+"""ftpalg.ops.config: precedence (defaults < file < CLI), one-line errors, the example config."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ftpalg
-from ftpalg.config import (
+from ftpalg.ops.config import (
     Config,
     ConfigError,
     Endpoint,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ftpalg.config import build_config
+from ftpalg.ops.config import build_config
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 

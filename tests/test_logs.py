@@ -1,4 +1,4 @@
-"""ftpalg.logs: escaping of network bytes, password redaction, one event per line."""
+"""ftpalg.ops.logs: escaping of network bytes, password redaction, one event per line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ftpalg.logs import configure, escape, get_logger, one_line, redact_command
+from ftpalg.ops.logs import configure, escape, get_logger, one_line, redact_command
 
 PLAIN = "".join(c for c in string.printable if c.isprintable() and c != "\\")
 

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftpalg.logs import configure, get_logger
-from ftpalg.metrics import Metrics
-from ftpalg.ops import TappedLogger
-from ftpalg.xferlog import XferLog, format_line
+from ftpalg.ops.logs import configure, get_logger
+from ftpalg.ops.metrics import Metrics
+from ftpalg.ops.operations import TappedLogger
+from ftpalg.ops.xferlog import XferLog, format_line
 
 FINISHED = {"client": "[2001:db8::7]:40001", "bytes_to_client": 0, "bytes_to_server": 77,
             "seconds": 2.6, "result": "reset", "user": b"anonymous", "command": "APPE",

@@ -7,8 +7,8 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from ftpalg.config import Config, build_config
-from ftpalg.privileges import KEEP
+from ftpalg.ops.config import Config, build_config
+from ftpalg.ops.privileges import KEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "conf" / "ftpalg.service"

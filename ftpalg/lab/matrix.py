@@ -25,7 +25,7 @@ from ftpalg.lab.clients import CLIENT_MODES, run_transfer
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.server_base import FtpServer, make_file, sha256_file
 from ftpalg.lab.table import Case, Outcome, reason_line
-from ftpalg.logs import escape
+from ftpalg.ops.logs import escape
 
 V6_MODES = ("curl-epsv", "curl-eprt", "lftp-passive", "lftp-active")
 QUICK_V4 = ("curl-epsv", "curl-pasv", "curl-eprt", "curl-port")

@@ -14,11 +14,11 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from ftpalg.config import Config
 from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
-from ftpalg.logs import configure, get_logger
-from ftpalg.ops import Operations
-from ftpalg.privileges import PrivilegeError
+from ftpalg.ops.config import Config
+from ftpalg.ops.logs import configure, get_logger
+from ftpalg.ops.operations import Operations
+from ftpalg.ops.privileges import PrivilegeError
 from ftpalg.proxy.gateway import Gateway
 from ftpalg.proxy.sockets import make_listener
 
@@ -66,7 +66,7 @@ async def serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     gateway = Gateway(config, loop)
-    if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops.py)
+    if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops/operations.py)
         await ops.start(gateway)
     await gateway.start(listeners)
     stop = asyncio.Event()

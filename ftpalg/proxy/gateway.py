@@ -18,11 +18,11 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from ftpalg.config import Config
 from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
 from ftpalg.core.session import Faces, Session
-from ftpalg.logs import get_logger
+from ftpalg.ops.config import Config
+from ftpalg.ops.logs import get_logger
 from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol, endpoint
 from ftpalg.proxy.sockets import is_local_address, make_dial_socket, set_control_options
@@ -64,6 +64,10 @@ class Gateway:
                                 self.log)  # fmt: skip
             acceptor.start()
             self.acceptors.append(acceptor)
+
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP: new settings apply to sessions opened from now on."""
+        self.config, self.policy = config, core_policy(config)
 
     def next_conn_id(self) -> int:
         self._conn_ids += 1

@@ -17,7 +17,7 @@ from ftpalg.lab.clients import run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.servers import make_file, sha256_file
-from ftpalg.privileges import KEEP_MASK, proc_status
+from ftpalg.ops.privileges import KEEP_MASK, proc_status
 from tests.lab.conftest import ServerPool, start_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]

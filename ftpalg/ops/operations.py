@@ -26,15 +26,15 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ftpalg.config import Config, ConfigError
-from ftpalg.logs import configure, get_logger
-from ftpalg.metrics import Metrics, MetricsServer
-from ftpalg.privileges import drop_privileges
-from ftpalg.reload import plan_reload
-from ftpalg.xferlog import XferLog
+from ftpalg.ops.config import Config, ConfigError
+from ftpalg.ops.logs import configure, get_logger
+from ftpalg.ops.metrics import Metrics, MetricsServer
+from ftpalg.ops.privileges import drop_privileges
+from ftpalg.ops.reload import plan_reload
+from ftpalg.ops.xferlog import XferLog
 
 Sink = Callable[[str, dict[str, Any]], None]
-_PRELOAD = ("encodings.idna", "concurrent.futures.thread", "ftpalg.proxy.gateway")
+_PRELOAD = ("encodings.idna", "concurrent.futures.thread")
 
 
 class TappedLogger:
@@ -140,8 +140,6 @@ class Operations:
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; apply what may change; reopen the xferlog."""
-        from ftpalg.proxy.gateway import core_policy
-
         try:
             plan = plan_reload(self.config, self.argv)
         except ConfigError as exc:
@@ -153,7 +151,7 @@ class Operations:
             configure(new.log_format, new.log_level)
         self.config = new
         if self.gateway is not None:
-            self.gateway.config, self.gateway.policy = new, core_policy(new)
+            self.gateway.reconfigure(new)
         self.xferlog.reopen(new.xferlog)
         self.log.info("reloaded", changed=list(plan.changed),
                       needs_restart=list(plan.needs_restart))  # fmt: skip

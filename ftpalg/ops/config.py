@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from ftpalg import __version__
-from ftpalg.confvalues import (
+from ftpalg.ops.values import (
     Endpoint,
     HostPort,
     check_ifname,

@@ -2,11 +2,10 @@
 
 How this works. Every log event of the daemon — the core's `Log` actions carried out by
 `ControlSession.dispatch` and the gateway's own lines — passes through one tapped logger
-(``ftpalg.ops.TappedLogger``), which hands ``(event, fields)`` to `Metrics.observe` whatever
-the log level. `observe` maps events to counters, so no code path increments anything
-itself and a metric can only move when a log line says why. Gauges that count things alive
-(sessions, expectations, data connections) go up on the event that creates the thing and
-down on the one that ends it (`session_closed` says whether it dropped an expectation).
+(``ftpalg.ops.operations.TappedLogger``), which hands ``(event, fields)`` to
+`Metrics.observe` whatever the log level. Gauges that count things alive (sessions,
+expectations, data connections) go up on the event that creates the thing and down on the
+one that ends it.
 
 The seq ledger is shown as ``ftpalg_seq_offset_bytes``: a histogram of the absolute
 cumulative offset |seq_offset| of the rewritten direction after each rewrite — the

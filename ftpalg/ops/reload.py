@@ -10,7 +10,7 @@ running sessions keep the `CorePolicy` they started with (a core `Session` holds
 A file that does not load or check is reported in one line and nothing changes.
 
 `runtime_check` adds what only the machine can tell (does ``user`` exist, is there a
-directory for ``xferlog``) to the checks of ``ftpalg.config``.
+directory for ``xferlog``) to the checks of ``ftpalg.ops.config``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ftpalg.config import Config, ConfigError, build_config
+from ftpalg.ops.config import Config, ConfigError, build_config
 
 RESTART_ONLY = ("listen", "upstream", "kernel_setup", "tproxy_mark", "route_table",
                 "inside_interfaces", "metrics", "user")  # fmt: skip

@@ -1,7 +1,7 @@
 """Parse and check single config values: ``HOST:PORT``, ``[IPv6]:PORT``, ``LO-HI``, numbers.
 
 Parsers raise ``ValueError`` with a one-line message that quotes the input but not the option
-name; ``ftpalg.config`` adds the option name and source. IPv6 literals need brackets, always:
+name; ``ftpalg.ops.config`` adds the option name and source. IPv6 literals need brackets, always:
 ``::1:21`` is itself a valid IPv6 address, so guessing where the port starts would be wrong.
 """
 
