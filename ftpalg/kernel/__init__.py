@@ -1,9 +1,8 @@
 """The kernel adapter: everything ftpalg changes in the kernel, behind two verbs.
 
-How this works: :class:`KernelSetup` is ``setup()`` + ``teardown()``. The real
-:class:`TproxyKernel` installs the TPROXY policy routing (``routing.py``, pyroute2) and then
-ftpalg's nftables table (``nft.py``, ``nft -f -``); :class:`FakeKernel` records the calls for
-tests that need no root.
+How this works: :class:`KernelSetup` is ``setup()`` + ``teardown()``. Its one
+implementation, :class:`TproxyKernel`, installs the TPROXY policy routing (``routing.py``,
+pyroute2) and then ftpalg's nftables table (``nft.py``, ``nft -f -``).
 
 Subtle rules:
 
@@ -28,7 +27,7 @@ from ftpalg.kernel import nft, routing
 from ftpalg.kernel.errors import KernelSetupError
 from ftpalg.kernel.nft import NftPlan
 
-__all__ = ["FakeKernel", "KernelSetup", "KernelSetupError", "NftPlan", "TproxyKernel"]
+__all__ = ["KernelSetup", "KernelSetupError", "NftPlan", "TproxyKernel"]
 
 
 class KernelSetup(Protocol):
@@ -68,22 +67,3 @@ class TproxyKernel:
             first = first or exc
         if first is not None:
             raise first
-
-
-class FakeKernel:
-    """A :class:`KernelSetup` that records calls; optionally fails ``setup`` with ``fail``."""
-
-    def __init__(self, fail: Exception | None = None) -> None:
-        self.calls: list[str] = []
-        self.active = False
-        self.fail = fail
-
-    def setup(self) -> None:
-        self.calls.append("setup")
-        if self.fail is not None:
-            raise self.fail
-        self.active = True
-
-    def teardown(self) -> None:
-        self.calls.append("teardown")
-        self.active = False

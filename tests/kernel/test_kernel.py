@@ -1,4 +1,4 @@
-"""KernelSetup: the fake, and TproxyKernel on a real client - gateway - server lab.
+"""TproxyKernel on a real client - gateway - server lab.
 
 The lab tests prove what the rules are for, with real packets: a forwarded control connection
 reaches ftpalg's transparent listener (and sees the original destination), reaches the real
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ftpalg.kernel import FakeKernel, KernelSetup, KernelSetupError, NftPlan, TproxyKernel
+from ftpalg.kernel import KernelSetupError, NftPlan, TproxyKernel
 from ftpalg.kernel.nft import list_table
 
 PLAN = NftPlan(proxy_port_v4=2121, proxy_port_v6=None, inside_ifaces=("gin",))
@@ -24,25 +24,6 @@ SERVER = "203.0.113.10"
 CLIENT = "10.9.1.2"
 SERVER6 = "2001:db8:2::10"
 CLIENT6 = "2001:db8:1::2"
-
-
-def test_fake_kernel_records_calls() -> None:
-    fake: KernelSetup = FakeKernel()
-    fake.setup()
-    fake.teardown()
-    fake.teardown()
-    assert isinstance(fake, FakeKernel)
-    assert fake.calls == ["setup", "teardown", "teardown"] and not fake.active
-
-
-def test_fake_kernel_can_fail() -> None:
-    fake = FakeKernel(fail=KernelSetupError("nope"))
-    with pytest.raises(KernelSetupError, match="nope"):
-        fake.setup()
-    assert not fake.active
-
-
-# --- lab --------------------------------------------------------------------------------
 
 
 def build_topology(lab: Any) -> tuple[str, str, str]:
