@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import start_lab, unavailable
+from tests.lab.conftest import start_lab
+from tests.requirements import unavailable
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.conftest import unavailable  # skip, or fail with FTPALG_LAB_REQUIRED=1
+from tests.requirements import unavailable  # skip, or fail with FTPALG_LAB_REQUIRED=1
 
 
 class Lab:

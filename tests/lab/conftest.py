@@ -4,28 +4,14 @@ machine cannot build it, and a pool of real FTP servers started on demand."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 
-from ftpalg.lab.netns import Lab, LabUnavailable, lab_required, missing_tools
+from ftpalg.lab.netns import Lab, LabUnavailable
 from ftpalg.lab.servers import FtpServer, start_server
+from tests.requirements import unavailable
 
 SERVER_KINDS = ("pyftpdlib", "vsftpd", "pure-ftpd")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip, or fail when the lab is required (FTPALG_LAB_REQUIRED=1)."""
-    if lab_required():
-        pytest.fail(f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}",
-                    pytrace=False)  # fmt: skip
-    pytest.skip(reason)
-
-
-def need_tools(*names: str) -> None:
-    missing = missing_tools(*names)
-    if missing:
-        unavailable("missing tools: " + ", ".join(missing))
 
 
 def start_lab() -> Lab:

@@ -16,8 +16,9 @@ import pytest
 from ftpalg.lab import clients, gateway
 from ftpalg.lab.netns import Lab, LabError, Role
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_pyftpdlib
+from tests.requirements import need_tools
 
-from .conftest import SERVER_KINDS, ServerPool, need_tools, start_lab
+from .conftest import SERVER_KINDS, ServerPool, start_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 

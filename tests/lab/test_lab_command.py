@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ftpalg.lab.netns import lab_unavailable_reason
-from tests.lab.conftest import need_tools, unavailable
 from tests.lab.test_lab_report import parse_table as table
+from tests.requirements import need_tools, unavailable
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 

@@ -15,7 +15,8 @@ from ftpalg.parity.corpus import CASES
 from ftpalg.parity.report import render_markdown
 from ftpalg.parity.runner import ParityRun, run_parity
 from ftpalg.parity.verdict import CaseResult
-from tests.lab.conftest import need_tools, start_lab
+from tests.lab.conftest import start_lab
+from tests.requirements import need_tools
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 

@@ -22,7 +22,7 @@ from ftpalg.proxy.sockets import (
     make_listener,
     set_control_options,
 )
-from tests.lab.conftest import unavailable
+from tests.requirements import unavailable
 
 V4 = IPv4Address("127.0.0.1")
 V6 = IPv6Address("::1")
@@ -47,8 +47,9 @@ def test_listener_v4_loopback() -> None:
             conn.close()
 
 
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 def test_listener_v6_loopback_is_v6only() -> None:
+    if not has_ipv6_loopback():
+        unavailable("no IPv6 loopback (::1)")
     with make_listener(V6, 0, transparent=False) as lst:
         host, port, *_ = lst.getsockname()
         assert host == "::1" and port > 0
