@@ -1,45 +1,72 @@
-"""Pure units of the operations layer: xferlog lines, events -> metrics, the logger tap."""
+"""Pure units of the operations layer: xferlog lines, observations -> metrics, the observer."""
 
 from __future__ import annotations
 
 import io
 import json
 import time
+from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
 
+from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.observations import (
+    DataEnded,
+    DataMode,
+    DataRejected,
+    DataStarted,
+    ExpectationEnded,
+    ExpectationOutcome,
+    Failed,
+    Fault,
+    Observation,
+    ProtocolViolation,
+    Refusal,
+    Rewritten,
+    SessionClosed,
+    SessionOpened,
+    SessionRefused,
+)
+from ftpalg.core.policy import OUT_OF_RESOURCES, TOO_MANY_SESSIONS
+from ftpalg.core.wire import Kind
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.metrics import Metrics
-from ftpalg.ops.operations import TappedLogger
+from ftpalg.ops.observer import Observer
 from ftpalg.ops.xferlog import XferLog, format_line
 
-FINISHED = {"client": "[2001:db8::7]:40001", "bytes_to_client": 0, "bytes_to_server": 77,
-            "seconds": 2.6, "result": "reset", "user": b"anonymous", "command": "APPE",
-            "path": b"in\x1bcoming/a b.txt", "type": "A"}  # fmt: skip
+CLIENT_EP = Endpoint(ip_address("2001:db8::7"), 40001)
+SERVER_EP = Endpoint(ip_address("2001:db8::21"), 21)
+FINISHED = DataEnded(
+    conn=1, mode=DataMode.ACTIVE, bytes_to_client=0, bytes_to_server=77, seconds=2.6,
+    result="reset", user=b"anonymous", command="APPE", path=b"in\x1bcoming/a b.txt", type="A",
+    client=CLIENT_EP,
+)  # fmt: skip
 
 
 def test_xferlog_line() -> None:
     now = time.mktime((2024, 3, 4, 8, 12, 30, 0, 0, -1))
     line = format_line(FINISHED, now)
-    assert line == ("Mon Mar  4 08:12:30 2024 3 2001:db8::7 77 in_coming/a_b.txt a _ i a "
-                    "anonymous ftp 0 * i")  # fmt: skip
-    listing = {"command": "NLST", "path": b"", "user": None, "bytes_to_client": 5,
-               "result": "ok", "type": "I"}  # fmt: skip
-    assert format_line(FINISHED | listing, now).split()[5:] == [
-        "3", "2001:db8::7", "5", ".", "b", "_", "o", "r", "*", "ftp", "0", "*", "c"]  # fmt: skip
+    assert line == (
+        "Mon Mar  4 08:12:30 2024 3 2001:db8::7 77 in_coming/a_b.txt a _ i a anonymous ftp 0 * i"
+    )
+    listing = DataEnded(1, DataMode.PASSIVE, 5, 0, 2.6, "ok", None, "NLST", b"", "I", CLIENT_EP)
+    assert format_line(listing, now).split()[5:] == [
+        "3", "2001:db8::7", "5", ".", "b", "_", "o", "r", "*", "ftp", "0", "*", "c",
+    ]  # fmt: skip
 
 
 def test_xferlog_reports_an_unopenable_path_and_keeps_the_old_file(tmp_path: Path) -> None:
-    reports: list[tuple[str, str]] = []
-    xl = XferLog(str(tmp_path / "x.log"), lambda event, error: reports.append((event, error)))
+    reports: list[Failed] = []
+    xl = XferLog(str(tmp_path / "x.log"), reports.append)
     xl.open()
     xl.reopen(str(tmp_path / "missing" / "y.log"))
-    assert reports and reports[0][0] == "xferlog_open_failed"
-    xl.observe("data_finished", FINISHED)
-    unused = {"command": None, "bytes_to_client": 0, "bytes_to_server": 0}
-    xl.observe("data_finished", FINISHED | unused)  # no transfer: no line
+    assert [r.what for r in reports] == [Fault.XFERLOG_OPEN]
+    xl.observe(FINISHED)
+    unused = DataEnded(2, DataMode.PASSIVE, 0, 0, 0.1, "ok", None, None, None, "A", CLIENT_EP)
+    xl.observe(unused)  # no transfer command, no byte: not a transfer, no line
+    xl.observe(SessionClosed("x"))  # not a data connection: no line
     xl.close()
-    assert (tmp_path / "x.log").read_text().count("\n") == 1
+    lines = (tmp_path / "x.log").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("anonymous ftp 0 * i")
 
 
 def sample(m: Metrics, name: str, **labels: str) -> float:
@@ -48,43 +75,76 @@ def sample(m: Metrics, name: str, **labels: str) -> float:
     return value
 
 
-def test_metrics_from_events() -> None:
+def test_metrics_from_observations() -> None:
     m = Metrics("transparent")
-    m.observe("session_opened", {"mode": "transparent", "connect_ms": 1.5})
-    m.observe("rewrite", {"kind": "229", "seq_offset": -3})
-    m.observe("rewrite", {"kind": "EPRT", "seq_offset": 4})
-    m.observe("expectation_replaced", {})
-    m.observe("data_accepted", {"mode": "passive"})
-    m.observe("data_finished", FINISHED)
-    m.observe(
-        "session_refused", {"reason": "421 Too many sessions on the gateway, try again later."}
-    )
-    m.observe("session_refused", {"reason": "out of file descriptors"})
-    m.observe("session_closed", {"reason": "x", "expectation_dropped": False})
+    listen = Endpoint(ip_address("192.0.2.1"), 40000)
+    observations: list[Observation] = [
+        SessionOpened(SERVER_EP, SERVER_EP, CLIENT_EP, "transparent", 1.5),
+        Rewritten(Kind.EPSV, b"229 (|||1|)\r\n", b"229 (|||2|)\r\n", listen, SERVER_EP, 0, -3),
+        Rewritten(Kind.EPRT, b"EPRT x\r\n", b"EPRT yz\r\n", listen, CLIENT_EP, 1, 4),
+        ExpectationEnded(ExpectationOutcome.REPLACED, listen),
+        ExpectationEnded(ExpectationOutcome.USED, listen),
+        DataStarted(1, CLIENT_EP, SERVER_EP, DataMode.PASSIVE),
+        FINISHED,
+        SessionRefused(Refusal.LIMITS, TOO_MANY_SESSIONS, CLIENT_EP),
+        SessionRefused(Refusal.LIMITS, OUT_OF_RESOURCES, None, "out of file descriptors"),
+        DataRejected(Refusal.THEFT, CLIENT_EP, "192.0.2.9", str(listen)),
+        ProtocolViolation(Side.SERVER, "NUL byte in command line"),
+        Failed(Fault.ACCEPT_PAUSED, "EMFILE"),
+        SessionClosed("x"),
+    ]
+    for obs in observations:
+        m.observe(obs)
     assert sample(m, "ftpalg_sessions_total", mode="transparent") == 1
     assert sample(m, "ftpalg_sessions_active", mode="transparent") == 0
     assert sample(m, "ftpalg_expectations_pending") == 0
     assert sample(m, "ftpalg_expectations_total", outcome="replaced") == 1
+    assert sample(m, "ftpalg_expectations_total", outcome="used") == 1
+    assert sample(m, "ftpalg_data_connections_total", mode="passive") == 1
+    assert sample(m, "ftpalg_data_connections_active") == 0
     assert sample(m, "ftpalg_relay_errors_total") == 1
     assert sample(m, "ftpalg_refusals_total", reason="limits") == 2
+    assert sample(m, "ftpalg_refusals_total", reason="theft") == 1
+    assert sample(m, "ftpalg_protocol_violations_total", side="server") == 1
+    assert sample(m, "ftpalg_errors_total", what="accept") == 1
     assert sample(m, "ftpalg_seq_offset_bytes_sum") == 7
     assert sample(m, "ftpalg_upstream_connect_seconds_sum") == 0.0015
     assert b'ftpalg_data_bytes_total{direction="to_server"} 77.0' in m.exposition()
 
 
-def test_tap_sees_every_event_with_context_whatever_the_level() -> None:
+def test_observer_feeds_every_sink_whatever_the_level_and_survives_a_broken_one() -> None:
     out = io.StringIO()
     configure("json", "error", out)
-    seen: list[tuple[str, dict[str, Any]]] = []
+    seen: list[Observation] = []
 
-    def broken(event: str, fields: dict[str, Any]) -> None:
+    def broken(obs: Observation) -> None:
         raise KeyError("boom")
 
-    log = TappedLogger(get_logger(), [lambda e, f: seen.append((e, f)), broken])
-    log.bind(session="1").info("rewrite", kind="PORT")
-    log.bind(session="2").warning("data_rejected", peer="x")
-    assert seen == [("rewrite", {"session": "1", "kind": "PORT"}),
-                    ("data_rejected", {"session": "2", "peer": "x"})]  # fmt: skip
+    observe = Observer(get_logger(), [seen.append, broken])
+    listen = Endpoint(ip_address("192.0.2.1"), 40000)
+    first = ExpectationEnded(ExpectationOutcome.EXPIRED, listen)
+    second = DataRejected(Refusal.STALE, CLIENT_EP)
+    observe.bind(session="1")(first)
+    observe.bind(session="2")(second)
+    failed = [o for o in seen if isinstance(o, Failed)]
+    assert seen == [first, failed[0], second] and failed[0].what is Fault.OBSERVER
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert [x["event"] for x in lines] == ["observer_failed"]  # once; info lines filtered
+    assert [x["event"] for x in lines] == ["observer_failed"]  # once; lower levels filtered
+    assert lines[0]["session"] == "1" and "KeyError" in lines[0]["error"]
     configure("json", "info")  # back to the default for later tests
+
+
+def test_log_rendering_of_observations() -> None:
+    refused = SessionRefused(Refusal.LIMITS, TOO_MANY_SESSIONS, CLIENT_EP)
+    assert (refused.event, refused.level) == ("session_refused", "warning")
+    assert refused.fields() == {
+        "reason": "421 Too many sessions on the gateway, try again later.",
+        "client": "[2001:db8::7]:40001",
+    }
+    assert FINISHED.event == "data_finished" and FINISHED.level == "warning"
+    assert "client" not in FINISHED.fields() and FINISHED.fields()["mode"] == "active"
+    theft = DataRejected(Refusal.THEFT, CLIENT_EP, "192.0.2.9", "192.0.2.1:40000")
+    assert theft.event == "data_theft_refused"
+    assert DataRejected(Refusal.STALE, CLIENT_EP).event == "data_rejected"
+    used = ExpectationEnded(ExpectationOutcome.USED, CLIENT_EP)
+    assert (used.event, used.level) == ("expectation_used", "debug")

@@ -1,4 +1,4 @@
-"""Expectations: the data connections a control session has announced (SPEC §5).
+"""Expectations: the data connections a control session has announced (docs/core.md).
 
 How this works. A matched PORT/EPRT/227/229 first becomes a `PendingOpen`: the core asks the
 adapter for a listener on the receiver's face and holds the line (and every later line from
@@ -31,8 +31,7 @@ class PendingOpen:
     accept_from: Address
     target: Endpoint
     dial_from: Address
-    chooser: PortChooser
-    port: int  # the port being tried now
+    chooser: PortChooser  # the ports to try when the first cannot be bound
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,13 @@ Identifiers: listener ids are chosen by the core; data connection ids by the ada
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 from ftpalg.core.wire import Address
+
+if TYPE_CHECKING:
+    from ftpalg.core.observations import Observation
 
 
 class Side(enum.Enum):
@@ -82,6 +85,14 @@ class TimerFired:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class CloseRequested:
+    """End the session from outside (shutdown, a peer gone): `reply` to the client first."""
+
+    reason: str
+    reply: bytes | None = None
+
+
 Event = (
     DataReceived
     | ListenerOpened
@@ -90,6 +101,7 @@ Event = (
     | DataConnected
     | DataFinished
     | TimerFired
+    | CloseRequested
 )
 
 
@@ -138,20 +150,8 @@ class ConnectData:
     source: Endpoint
 
 
-@dataclass(frozen=True, slots=True)
-class Log:
-    event: str
-    level: str = "info"
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-Action = (
-    Send
-    | ShutdownWrite
-    | CloseSession
-    | OpenListener
-    | CloseListener
-    | RejectData
-    | ConnectData
-    | Log
+# A string: observations.py imports this module (Endpoint, Side).
+Action: TypeAlias = (
+    "Send | ShutdownWrite | CloseSession | OpenListener | CloseListener | RejectData"
+    " | ConnectData | Observation"
 )

@@ -14,7 +14,6 @@ record always belongs to the live expectation. PASS and ACCT are never looked at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 TRANSFER_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"})
 UPLOAD_VERBS = frozenset({"STOR", "STOU", "APPE"})
@@ -55,7 +54,6 @@ class CommandNotes:
     def accepted(self, conn: int) -> None:
         self._by_conn[conn] = self._current
 
-    def finished(self, conn: int) -> dict[str, Any]:
-        """Fields for `data_finished`: user, command, path, type (None when unknown)."""
-        t = self._by_conn.pop(conn, None) or Transfer()
-        return {"user": self.user, "command": t.command, "path": t.path, "type": t.type}
+    def finished(self, conn: int) -> Transfer:
+        """What `conn` carried, as far as the control channel said (empty when unknown)."""
+        return self._by_conn.pop(conn, None) or Transfer()

@@ -1,11 +1,13 @@
-"""Prometheus metrics, derived from ftpalg's log events, served on ``--metrics ADDR:PORT``.
+"""Prometheus metrics, from ftpalg's typed observations, served on ``--metrics ADDR:PORT``.
 
-How this works. Every log event of the daemon — the core's `Log` actions carried out by
-`ControlSession.dispatch` and the gateway's own lines — passes through one tapped logger
-(``ftpalg.ops.operations.TappedLogger``), which hands ``(event, fields)`` to
-`Metrics.observe` whatever the log level. Gauges that count things alive (sessions,
-expectations, data connections) go up on the event that creates the thing and down on the
-one that ends it.
+How this works. Every observation of the daemon — the core's, carried out by
+`ControlSession`, and the gateway's own — reaches `Metrics.observe` through the
+`ftpalg.ops.observer.Observer` before its log line is written, whatever the log level.
+`observe` matches on the observation's type and reads its typed fields (a refusal's
+`Refusal`, a data connection's `DataMode`, a failure's `Fault`); it never looks at log event
+names or reply text. Gauges that count things alive (sessions, expectations, data
+connections) go up on the observation that creates the thing and down on the one that ends
+it.
 
 The seq ledger is shown as ``ftpalg_seq_offset_bytes``: a histogram of the absolute
 cumulative offset |seq_offset| of the rewritten direction after each rewrite — the
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,31 +36,54 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ftpalg.core import policy as P
+from ftpalg.core.messages import Side
+from ftpalg.core.observations import (
+    CommandRefused,
+    DataEnded,
+    DataMode,
+    DataRejected,
+    DataStarted,
+    ExpectationEnded,
+    ExpectationOutcome,
+    Failed,
+    Fault,
+    MalformedCommandRefused,
+    NoDataPort,
+    Observation,
+    ProtocolViolation,
+    Refusal,
+    Reloaded,
+    ReplyAddressMismatch,
+    RewriteImpossible,
+    Rewritten,
+    SessionClosed,
+    SessionOpened,
+    SessionRefused,
+    UnterminatedAddressLineDropped,
+    UpstreamConnectFailed,
+)
+from ftpalg.core.wire import Kind
+
+
+def _reason(obs: CommandRefused | DataRejected | SessionRefused) -> Refusal:
+    return obs.kind if isinstance(obs, SessionRefused) else obs.reason
+
 
 MODES = ("transparent", "reverse")
-KINDS = ("PORT", "EPRT", "227", "229")
-REASONS = ("bounce", "low_port", "malformed", "mismatch", "theft", "limits", "no_data_port",
-           "stale", "unrepresentable", "no_upstream", "upstream")  # fmt: skip
+KINDS = tuple(kind.value for kind in Kind)
+REASONS = tuple(reason.value for reason in Refusal)
 DIRECTIONS = ("to_client", "to_server")
-_LIMITS = {r.decode().strip() for r in (P.TOO_MANY_SESSIONS, P.SHUTTING_DOWN, P.OUT_OF_RESOURCES)}
-_LIMITS.add("out of file descriptors")
-_SIMPLE_REFUSALS = {
-    "malformed_command_refused": "malformed", "reply_address_mismatch": "mismatch",
-    "data_theft_refused": "theft", "data_rejected": "stale", "no_data_port": "no_data_port",
-    "rewrite_impossible": "unrepresentable", "unterminated_address_line_dropped": "malformed",
-}  # fmt: skip
-_ERRORS = {"internal_error": "internal", "accept_failed": "accept", "accept_paused": "accept",
-           "data_accept_failed": "data_accept", "observer_failed": "observer",
-           "xferlog_open_failed": "xferlog", "xferlog_write_failed": "xferlog"}  # fmt: skip
+_FAULT_LABELS = {
+    Fault.INTERNAL: "internal",
+    Fault.ACCEPT: "accept",
+    Fault.ACCEPT_PAUSED: "accept",
+    Fault.DATA_ACCEPT: "data_accept",
+    Fault.OBSERVER: "observer",
+    Fault.XFERLOG_OPEN: "xferlog",
+    Fault.XFERLOG_WRITE: "xferlog",
+}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _OFFSET_BUCKETS = (0, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
-
-
-def _session_refusal(reason: str) -> str:
-    if reason in _LIMITS:
-        return "limits"
-    return "no_upstream" if reason == P.NO_UPSTREAM.decode().strip() else "upstream"
 
 
 class Metrics:
@@ -105,59 +129,65 @@ class Metrics:
         self.violations = counter("protocol_violations", "Framing errors (session closed)", "side")
         self.errors = counter("errors", "Internal, accept and xferlog errors", "what")
         self.reloads = counter("config_reloads", "SIGHUP reloads", "result")
-        for labels, metric in [(MODES, self.sessions_active), (MODES, self.sessions),
-                               (KINDS, self.rewrites), (REASONS, self.refusals),
-                               (("used", "expired", "replaced", "dropped"), self.expectations),
-                               (("active", "passive"), self.data), (DIRECTIONS, self.bytes),
-                               (("client", "server"), self.violations),
-                               (tuple(set(_ERRORS.values())), self.errors),
-                               (("ok", "failed"), self.reloads)]:  # fmt: skip
+        every_label: list[tuple[tuple[str, ...], Counter | Gauge]] = [
+            (MODES, self.sessions_active),
+            (MODES, self.sessions),
+            (KINDS, self.rewrites),
+            (REASONS, self.refusals),
+            (tuple(o.value for o in ExpectationOutcome), self.expectations),
+            (tuple(m.value for m in DataMode), self.data),
+            (DIRECTIONS, self.bytes),
+            (tuple(s.value for s in Side), self.violations),
+            (tuple(sorted(set(_FAULT_LABELS.values()))), self.errors),
+            (("ok", "failed"), self.reloads),
+        ]
+        for labels, metric in every_label:
             for label in labels:
                 metric.labels(label)  # every series exists from the start, at 0
 
-    def observe(self, event: str, fields: dict[str, Any]) -> None:
-        """Account for one log event (called for every event, whatever the log level)."""
-        if event == "rewrite":
-            self.rewrites.labels(fields["kind"]).inc()
-            self.pending.inc()
-            self.seq_offset.observe(abs(fields["seq_offset"]))
-        elif event == "data_accepted":
-            self.pending.dec()
-            self.expectations.labels("used").inc()
-            self.data.labels(fields["mode"]).inc()
-            self.data_active.inc()
-        elif event == "data_finished":
-            self.data_active.dec()
-            self.bytes.labels("to_client").inc(fields["bytes_to_client"])
-            self.bytes.labels("to_server").inc(fields["bytes_to_server"])
-            if fields["result"] != "ok":
-                self.relay_errors.inc()
-        elif event in ("expectation_expired", "expectation_replaced"):
-            self.pending.dec()
-            self.expectations.labels(event.removeprefix("expectation_")).inc()
-        elif event == "session_opened":
-            self.sessions.labels(fields["mode"]).inc()
-            self.sessions_active.labels(fields["mode"]).inc()
-            self.upstream_latency.observe(fields["connect_ms"] / 1000)
-        elif event == "session_closed":
-            self.sessions_active.labels(self.mode).dec()
-            if fields.get("expectation_dropped"):
+    def observe(self, obs: Observation) -> None:
+        """Account for one observation (called for every one, whatever the log level)."""
+        match obs:
+            case Rewritten():
+                self.rewrites.labels(obs.kind.value).inc()
+                self.pending.inc()
+                self.seq_offset.observe(abs(obs.seq_offset))
+            case ExpectationEnded():
                 self.pending.dec()
-                self.expectations.labels("dropped").inc()
-        elif event == "command_refused":
-            self.refusals.labels(fields["reason"]).inc()
-        elif event in _SIMPLE_REFUSALS:
-            self.refusals.labels(_SIMPLE_REFUSALS[event]).inc()
-        elif event == "session_refused":
-            self.refusals.labels(_session_refusal(str(fields.get("reason", "")))).inc()
-        elif event == "upstream_connect_failed":
-            self.upstream_failures.inc()
-        elif event == "protocol_violation":
-            self.violations.labels(fields["side"]).inc()
-        elif event in _ERRORS:
-            self.errors.labels(_ERRORS[event]).inc()
-        elif event in ("reloaded", "reload_failed"):
-            self.reloads.labels("ok" if event == "reloaded" else "failed").inc()
+                self.expectations.labels(obs.outcome.value).inc()
+            case DataStarted():
+                self.data.labels(obs.mode.value).inc()
+                self.data_active.inc()
+            case DataEnded():
+                self.data_active.dec()
+                self.bytes.labels("to_client").inc(obs.bytes_to_client)
+                self.bytes.labels("to_server").inc(obs.bytes_to_server)
+                if not obs.ok:
+                    self.relay_errors.inc()
+            case SessionOpened():
+                self.sessions.labels(obs.mode).inc()
+                self.sessions_active.labels(obs.mode).inc()
+                self.upstream_latency.observe(obs.connect_ms / 1000)
+            case SessionClosed():
+                self.sessions_active.labels(self.mode).dec()
+            case CommandRefused() | DataRejected() | SessionRefused():
+                self.refusals.labels(_reason(obs).value).inc()
+            case MalformedCommandRefused() | UnterminatedAddressLineDropped():
+                self.refusals.labels(Refusal.MALFORMED.value).inc()
+            case ReplyAddressMismatch():
+                self.refusals.labels(Refusal.MISMATCH.value).inc()
+            case NoDataPort():
+                self.refusals.labels(Refusal.NO_DATA_PORT.value).inc()
+            case RewriteImpossible():
+                self.refusals.labels(Refusal.UNREPRESENTABLE.value).inc()
+            case UpstreamConnectFailed():
+                self.upstream_failures.inc()
+            case ProtocolViolation():
+                self.violations.labels(obs.side.value).inc()
+            case Failed():
+                self.errors.labels(_FAULT_LABELS[obs.what]).inc()
+            case Reloaded():
+                self.reloads.labels("ok" if obs.ok else "failed").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

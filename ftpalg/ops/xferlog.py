@@ -1,7 +1,7 @@
 """The transfer log in the classic ``xferlog`` format (wu-ftpd, vsftpd, ProFTPD): ``--xferlog``.
 
-How this works. `XferLog.observe` receives every log event (through the same tap as the
-metrics) and writes one line for each ``data_finished``:
+How this works. `XferLog.observe` receives every observation (through the same observer as
+the metrics) and writes one line for each `DataEnded` (logged as ``data_finished``):
 
     current-time transfer-time remote-host file-size filename transfer-type
     special-action-flag direction access-mode username service-name
@@ -9,7 +9,7 @@ metrics) and writes one line for each ``data_finished``:
 
 ftpalg sees neither file names nor users in the data channel; the core notes them from the
 client's control lines (``ftpalg.core.transfer``: ``USER``, ``TYPE`` and the transfer command
-that used this data connection) and puts them on ``data_finished``. Field by field:
+that used this data connection) and puts them on `DataEnded`. Field by field:
 ``current-time`` local time as ``ctime()``; ``transfer-time`` whole seconds, at least 1;
 ``remote-host`` the FTP client's address; ``file-size`` the bytes relayed in the transfer's
 direction; ``filename`` the command's argument as the client sent it (relative to the
@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ftpalg.core.observations import DataEnded, Failed, Fault, Observation
 from ftpalg.core.transfer import UPLOAD_VERBS
 
 _ANONYMOUS = {"anonymous", "ftp"}
@@ -47,31 +48,26 @@ def _text(value: Any, empty: str) -> str:
     return text or empty
 
 
-def _host(client: str) -> str:
-    host = client.rsplit(":", 1)[0] if ":" in client else client
-    return host.strip("[]") or "-"
-
-
-def format_line(fields: dict[str, Any], now: float) -> str:
-    """One xferlog line (no newline) for a ``data_finished`` event's fields."""
-    command = fields.get("command")
+def format_line(ended: DataEnded, now: float) -> str:
+    """One xferlog line (no newline) for a finished data connection."""
+    command = ended.command
     upload = command in UPLOAD_VERBS
-    size = fields["bytes_to_server"] if upload else fields["bytes_to_client"]
-    filename = _text(fields.get("path"), "." if command in _LISTINGS else "-")
-    user = _text(fields.get("user"), "*")
-    kind = "a" if str(fields.get("type") or "A").upper() in ("A", "E") else "b"
-    seconds, host = max(1, round(fields["seconds"])), _host(str(fields.get("client", "")))
+    size = ended.bytes_to_server if upload else ended.bytes_to_client
+    filename = _text(ended.path, "." if command in _LISTINGS else "-")
+    user = _text(ended.user, "*")
+    kind = "a" if ended.type.upper() in ("A", "E") else "b"
+    seconds = max(1, round(ended.seconds))
     return " ".join([
-        time.ctime(now), str(seconds), host,
+        time.ctime(now), str(seconds), str(ended.client.host),
         str(size), filename, kind, "_", "i" if upload else "o",
         "a" if user.lower() in _ANONYMOUS else "r", user, "ftp", "0", "*",
-        "c" if fields.get("result") == "ok" else "i",
+        "c" if ended.ok else "i",
     ])  # fmt: skip
 
 
 class XferLog:
-    def __init__(self, path: str | None, report: Callable[[str, str], None]) -> None:
-        """`report(event, error)` is called when the file cannot be opened or written."""
+    def __init__(self, path: str | None, report: Callable[[Failed], None]) -> None:
+        """`report` is called when the file cannot be opened or written."""
         self.path = path
         self.report = report
         self._file: TextIO | None = None
@@ -95,21 +91,20 @@ class XferLog:
             self.open()
         except OSError as exc:
             self.path = old
-            self.report("xferlog_open_failed", f"{path}: {exc.strerror or exc}")
+            self.report(Failed(Fault.XFERLOG_OPEN, f"{path}: {exc.strerror or exc}"))
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def observe(self, event: str, fields: dict[str, Any]) -> None:
-        if event != "data_finished" or self._file is None or self._failed:
+    def observe(self, obs: Observation) -> None:
+        if not isinstance(obs, DataEnded) or self._file is None or self._failed:
             return
-        moved = fields["bytes_to_client"] or fields["bytes_to_server"]
-        if fields.get("command") is None and not moved:
+        if obs.command is None and not (obs.bytes_to_client or obs.bytes_to_server):
             return  # opened and closed unused (pyftpdlib connects on PORT, before any RETR)
         try:
-            self._file.write(format_line(fields, time.time()) + "\n")
+            self._file.write(format_line(obs, time.time()) + "\n")
         except OSError as exc:
             self._failed = True
-            self.report("xferlog_write_failed", f"{self.path}: {exc.strerror or exc}")
+            self.report(Failed(Fault.XFERLOG_WRITE, f"{self.path}: {exc.strerror or exc}"))

@@ -11,12 +11,17 @@ spinning on a listener that stays readable).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from ftpalg.core.observations import Failed, Fault, Refusal
+from ftpalg.core.policy import OUT_OF_RESOURCES
+from ftpalg.ops.observer import Observer
+from ftpalg.proxy.control import endpoint
+from ftpalg.proxy.refusal import refuse
 
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _BURST = 64
@@ -28,15 +33,13 @@ class Acceptor:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        on_accept: Callable[[socket.socket], None],
-        refusal: bytes,
-        log: Any,
+        on_accept: Callable[[socket.socket, Any], None],
+        observe: Observer,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.on_accept = on_accept
-        self.refusal = refusal
-        self.log = log
+        self.observe = observe
         self._spare = self._open_spare()
         self._closed = False
 
@@ -63,17 +66,17 @@ class Acceptor:
     def _ready(self) -> None:
         for _ in range(_BURST):
             try:
-                conn, _ = self.sock.accept()
+                conn, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in _EXHAUSTED:
                     self._shed(exc)
                 else:
-                    self.log.warning("accept_failed", error=str(exc))
+                    self.observe(Failed(Fault.ACCEPT, str(exc)))
                 return
             conn.setblocking(False)
-            self.on_accept(conn)
+            self.on_accept(conn, peer)
 
     def _shed(self, exc: OSError) -> None:
         """Out of descriptors: refuse the waiting connection with a reply, not silence."""
@@ -82,7 +85,7 @@ class Acceptor:
         if self._spare < 0:  # nothing to free: stop polling a listener that stays readable
             self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(_PAUSE, self._resume)
-            self.log.error("accept_paused", error=str(exc))
+            self.observe(Failed(Fault.ACCEPT_PAUSED, str(exc)))
             return
         os.close(self._spare)
         self._spare = -1
@@ -91,11 +94,8 @@ class Acceptor:
         except OSError:
             pass
         else:
-            with contextlib.suppress(OSError):
-                conn.send(self.refusal)
-            conn.close()
-            self.log.warning("session_refused", reason="out of file descriptors",
-                             client=f"{peer[0]}:{peer[1]}")  # fmt: skip
+            refuse(conn, OUT_OF_RESOURCES, Refusal.LIMITS, endpoint(peer), self.observe,
+                   "out of file descriptors")  # fmt: skip
         self._spare = self._open_spare()
 
     def _resume(self) -> None:

@@ -65,7 +65,7 @@ async def serve(
     config: Config, listeners: list[socket.socket], ops: Operations | None = None
 ) -> None:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(config, loop)
+    gateway = Gateway(config, loop, ops.observe if ops is not None else None)
     if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops/operations.py)
         await ops.start(gateway)
     await gateway.start(listeners)

@@ -3,8 +3,10 @@
 How this works. Each accepted control connection is paused while ftpalg connects upstream:
 in transparent mode to the connection's original destination (`getsockname()` of the
 accepted socket), in reverse mode to the fixed `--upstream`. A transparent connection whose
-original destination is the gateway itself has no upstream and gets 421 (SPEC §1). When the
-upstream stands, the four faces are known and a `ControlSession` starts. Data relays run as
+original destination is the gateway itself has no upstream and gets 421 (never a connection
+back to ftpalg). When the upstream stands, the four faces are known and a `ControlSession`
+starts. Every refusal goes through `refusal.refuse`. A client that resets before its session
+stands (a port scan) costs one `client_gone` line and nothing else. Data relays run as
 gateway-owned tasks so they finish even after their control session ends.
 """
 
@@ -20,11 +22,21 @@ from typing import Any
 
 from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.observations import (
+    Failed,
+    Fault,
+    Refusal,
+    SessionOpened,
+    SessionRefused,
+    UpstreamConnectFailed,
+)
 from ftpalg.core.session import Faces, Session
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import get_logger
+from ftpalg.ops.observer import Observer
 from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol, endpoint
+from ftpalg.proxy.refusal import refuse
 from ftpalg.proxy.sockets import is_local_address, make_dial_socket, set_control_options
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -43,12 +55,15 @@ def core_policy(config: Config) -> P.CorePolicy:
 
 
 class Gateway:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: Config, loop: asyncio.AbstractEventLoop, observe: Observer | None = None
+    ) -> None:
         self.config = config
         self.policy = core_policy(config)
         self.loop = loop
         self.rng = random.SystemRandom()
-        self.log = get_logger()
+        self.observe = observe or Observer(get_logger())
+        self.log = self.observe.log  # plain lines that no metric needs
         self.sessions: set[ControlSession] = set()
         self.admitting = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -60,8 +75,7 @@ class Gateway:
 
     async def start(self, listeners: list[socket.socket]) -> None:
         for sock in listeners:
-            acceptor = Acceptor(self.loop, sock, self.client_connected, P.OUT_OF_RESOURCES,
-                                self.log)  # fmt: skip
+            acceptor = Acceptor(self.loop, sock, self.client_connected, self.observe)
             acceptor.start()
             self.acceptors.append(acceptor)
 
@@ -84,30 +98,25 @@ class Gateway:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.data_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self.log.error("internal_error", error=f"{type(exc).__name__}: {exc}")
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.observe(Failed(Fault.INTERNAL, f"{type(exc).__name__}: {exc}"))
 
     # ---- admission ------------------------------------------------------------------------
 
-    def client_connected(self, conn: socket.socket) -> None:
+    def client_connected(self, conn: socket.socket, peer: Any) -> None:
+        """A control connection was accepted (`peer` as accept() returned it: the socket
+        may already be reset, and then its own peer name is gone)."""
+        client = endpoint(peer)
         if not self.accepting or len(self.sessions) + self.admitting >= self.config.max_sessions:
             reply = P.SHUTTING_DOWN if not self.accepting else P.TOO_MANY_SESSIONS
-            with contextlib.suppress(OSError):
-                conn.send(reply)
-                client = str(endpoint(conn.getpeername()))
-                self.log.warning("session_refused", reason=reply.decode().strip(), client=client)
-            conn.close()
+            refuse(conn, reply, Refusal.LIMITS, client, self.observe)
             return
         self.admitting += 1
-        self.spawn(self._admit(conn))
+        self.spawn(self._admit(conn, client))
 
-    async def _admit(self, conn: socket.socket) -> None:
+    async def _admit(self, conn: socket.socket, client: Endpoint) -> None:
         try:
-            transport, half = await self.loop.connect_accepted_socket(
-                lambda: HalfProtocol(None, Side.CLIENT, self), sock=conn
-            )
-            await self._open_session(half, transport)
+            await self._open_session(conn, client)
         finally:
             self.admitting -= 1
 
@@ -122,58 +131,88 @@ class Gateway:
             return None  # addressed to the gateway itself: no upstream (never loop back)
         return local
 
-    async def _open_session(self, half: HalfProtocol, transport: asyncio.Transport) -> None:
+    def _client_gone(self, conn: socket.socket, client: Endpoint, stage: str, exc: Any) -> None:
+        """The client left (reset) before its session stood: one line, nothing kept."""
+        conn.close()
+        error = getattr(exc, "strerror", None) or str(exc)
+        self.log.info("client_gone", client=str(client), stage=stage, error=error)
+
+    async def _open_session(self, conn: socket.socket, client: Endpoint) -> None:
         self._ids += 1
         sid = f"{self._ids:x}"
-        client = endpoint(transport.get_extra_info("peername"))
-        local = endpoint(transport.get_extra_info("sockname"))
-        log = self.log.bind(session=sid, client=str(client))
+        observe = self.observe.bind(session=sid, client=str(client))
+        try:
+            local = endpoint(conn.getsockname())
+            set_control_options(conn)
+        except OSError as exc:
+            return self._client_gone(conn, client, "accept", exc)
         try:
             upstream = await self._upstream_for(local)
         except OSError as exc:
-            return self._refuse(transport, log, P.upstream_failed(f"resolve: {exc}"))
+            reply = P.upstream_failed(f"resolve: {exc}")
+            refuse(conn, reply, Refusal.UPSTREAM, None, observe)
+            return
         if upstream is None:
-            return self._refuse(transport, log, P.NO_UPSTREAM)
+            refuse(conn, P.NO_UPSTREAM, Refusal.NO_UPSTREAM, None, observe)
+            return
         source = Endpoint(client.host, 0) if self.config.source_transparent else None
         started = self.loop.time()
         try:
             up_sock = await self.dial(upstream, source)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            log.warning("upstream_connect_failed", upstream=str(upstream), error=reason)
-            return self._refuse(transport, log, P.upstream_failed(reason))
-        if half.lost:
-            up_sock.close()
-            return None
-        set_control_options(up_sock)
-        set_control_options(transport.get_extra_info("socket"))
-        faces = Faces(client, upstream, local, endpoint(up_sock.getsockname()))
-        control = ControlSession(self, sid, Session(faces, self.policy, started, self.rng), log)
-        control.attach(Side.CLIENT, half)
+            observe(UpstreamConnectFailed(upstream, reason))
+            refuse(conn, P.upstream_failed(reason), Refusal.UPSTREAM, None, observe)
+            return
         try:
-            await self.loop.create_connection(
-                lambda: HalfProtocol(control, Side.SERVER, self), sock=up_sock
+            set_control_options(up_sock)
+            faces = Faces(client, upstream, local, endpoint(up_sock.getsockname()))
+        except OSError as exc:
+            up_sock.close()
+            reply = P.upstream_failed(exc.strerror or str(exc))
+            refuse(conn, reply, Refusal.UPSTREAM, None, observe)
+            return
+        await self._start_session(conn, up_sock, faces, observe, started)
+        return None
+
+    async def _start_session(
+        self, conn: socket.socket, up_sock: socket.socket, faces: Faces, observe: Observer,
+        started: float,
+    ) -> None:  # fmt: skip
+        """Both connections stand: wire them to a new ControlSession. The client half is
+        attached first and paused, so the server's banner finds it; reading resumes last."""
+        control = ControlSession(self, Session(faces, self.policy, started, self.rng), observe)
+        try:
+            _, half = await self.loop.connect_accepted_socket(
+                lambda: HalfProtocol(None, Side.CLIENT), sock=conn
             )
         except OSError as exc:
             up_sock.close()
-            return self._refuse(transport, log, P.upstream_failed(str(exc)))
+            return self._client_gone(conn, faces.client, "session", exc)
+        control.attach(Side.CLIENT, half)
+        try:
+            await self.loop.create_connection(
+                lambda: HalfProtocol(control, Side.SERVER), sock=up_sock
+            )
+        except OSError as exc:  # the upstream socket broke between connect and now
+            up_sock.close()
+            reply = P.upstream_failed(exc.strerror or str(exc))
+            if (transport := half.writable()) is not None:
+                transport.write(reply)
+                transport.close()
+            observe(SessionRefused(Refusal.UPSTREAM, reply, None))
+            return None
         half.control = control
         self.sessions.add(control)
-        log.info("session_opened", server=str(faces.server), server_face=str(faces.server_face),
-                 client_face=str(faces.client_face),
-                 mode="reverse" if self.config.upstream else "transparent",
-                 connect_ms=round((self.loop.time() - started) * 1000, 3))  # fmt: skip
+        mode = "reverse" if self.config.upstream else "transparent"
+        connect_ms = round((self.loop.time() - started) * 1000, 3)
+        observe(SessionOpened(faces.server, faces.server_face, faces.client_face, mode,
+                              connect_ms))  # fmt: skip
         if half.lost:
             control.connection_lost(Side.CLIENT, None)
-        else:
+        elif (transport := half.writable()) is not None:
             transport.resume_reading()
         return None
-
-    def _refuse(self, transport: asyncio.Transport, log: Any, reply: bytes) -> None:
-        if not transport.is_closing():
-            transport.write(reply)
-            transport.close()
-        log.warning("session_refused", reason=reply.decode("ascii", "replace").strip())
 
     def session_ended(self, control: ControlSession) -> None:
         self.sessions.discard(control)

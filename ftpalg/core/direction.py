@@ -1,0 +1,45 @@
+"""The state of one direction of a control session (client→server or server→client).
+
+How this works. Bytes from a side are framed into lines and queued in `held`; the session
+takes them one at a time while the side is not blocked (a listener being opened for its
+address line, `opening`, or a data dial it must wait for). `backlog` counts the queued bytes
+so the adapter can stop reading a side that sends faster than its lines can be released
+(back-pressure instead of unbounded memory). The EOF flags follow one rule: a side's EOF is
+passed on only after its last queued line, and nothing is sent to a side after ftpalg passed
+it an EOF (`shut`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ftpalg.core.expect import PendingOpen
+from ftpalg.core.framer import LineFramer
+
+
+@dataclass(slots=True)
+class Direction:
+    framer: LineFramer
+    v6: bool  # the control connection on this side is IPv6
+    held: deque[tuple[int, bytes]] = field(default_factory=deque)  # (offset, line)
+    backlog: int = 0  # bytes in `held`
+    opening: PendingOpen | None = None  # the address line waiting for its listener
+    partial_since: float | None = None  # when an unterminated line started
+    eof_seen: bool = False  # the side sent EOF
+    eof_done: bool = False  # ... and it was passed on, after its last line
+    shut: bool = False  # ftpalg passed an EOF *to* this side: send it nothing more
+
+    def queue(self, data: bytes, now: float) -> None:
+        lines = self.framer.feed(data)
+        self.held.extend(lines)
+        self.backlog += sum(len(line) for _, line in lines)
+        if not self.framer.buffered:
+            self.partial_since = None
+        elif self.partial_since is None:  # a line started: it must end in time
+            self.partial_since = now
+
+    def take(self) -> tuple[int, bytes]:
+        offset, line = self.held.popleft()
+        self.backlog -= len(line)
+        return offset, line

@@ -1,0 +1,341 @@
+"""Typed observations: what happened, as data, for logs, metrics, the xferlog and tests.
+
+How this works. The core reports everything worth knowing as an `Observation` action in its
+output list (logging is an output, so tests assert it like any other action); the adapter
+reports its own (sessions opened and refused, failures) with the same types. Consumers match
+on the type and read typed fields: metrics and the xferlog never look at log text or reply
+text. A log line is one rendering of an observation: `event` is its name, `level` its
+severity and `fields()` its key/value pairs (endpoints and enums as text, bytes escaped by
+the log renderer). Renaming a log event cannot silently break a metric, because nothing
+looks the event up by name.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from typing import Any, ClassVar
+
+from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.wire import Kind
+
+
+class Observation:
+    """Base of every observation; subclasses are frozen slotted dataclasses."""
+
+    __slots__ = ()
+    EVENT: ClassVar[str]
+    LEVEL: ClassVar[str] = "info"
+    HIDDEN: ClassVar[frozenset[str]] = frozenset()  # carried for consumers, not logged
+
+    @property
+    def event(self) -> str:
+        return self.EVENT
+
+    @property
+    def level(self) -> str:
+        return self.LEVEL
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclass_fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            if f.name not in self.HIDDEN:
+                out[f.name] = _render(getattr(self, f.name))
+        return out
+
+
+def _render(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Endpoint):
+        return str(value)
+    return value
+
+
+class DataMode(enum.Enum):
+    ACTIVE = "active"  # PORT/EPRT: the server connects, ftpalg dials the client
+    PASSIVE = "passive"  # 227/229: the client connects, ftpalg dials the server
+
+    @classmethod
+    def of(cls, kind: Kind) -> DataMode:
+        return cls.ACTIVE if kind.from_client else cls.PASSIVE
+
+
+class Refusal(enum.Enum):
+    """Why something was refused: the `reason` label of the refusals counter."""
+
+    BOUNCE = "bounce"
+    LOW_PORT = "low_port"
+    MALFORMED = "malformed"
+    MISMATCH = "mismatch"
+    THEFT = "theft"
+    STALE = "stale"
+    NO_DATA_PORT = "no_data_port"
+    UNREPRESENTABLE = "unrepresentable"
+    LIMITS = "limits"  # session limit, shutting down, out of descriptors
+    NO_UPSTREAM = "no_upstream"
+    UPSTREAM = "upstream"
+
+
+class ExpectationOutcome(enum.Enum):
+    USED = "used"
+    EXPIRED = "expired"
+    REPLACED = "replaced"
+    DROPPED = "dropped"  # the session ended first
+
+
+class Fault(enum.Enum):
+    """Failures counted by the errors metric; the value is the log event."""
+
+    INTERNAL = "internal_error"
+    ACCEPT = "accept_failed"
+    ACCEPT_PAUSED = "accept_paused"
+    DATA_ACCEPT = "data_accept_failed"
+    OBSERVER = "observer_failed"
+    XFERLOG_OPEN = "xferlog_open_failed"
+    XFERLOG_WRITE = "xferlog_write_failed"
+
+
+# ---- the core's ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten(Observation):
+    """An address line forwarded with its address/port span rewritten; an expectation is
+    armed on `listen`."""
+
+    EVENT = "rewrite"
+    kind: Kind
+    before: bytes
+    after: bytes
+    listen: Endpoint
+    target: Endpoint
+    delta: int
+    seq_offset: int  # the kernel's cumulative seq correction of that direction after it
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRefused(Observation):
+    """A client PORT/EPRT refused by policy (bounce, low port) with `reply`."""
+
+    EVENT, LEVEL = "command_refused", "warning"
+    reason: Refusal
+    line: bytes
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedCommandRefused(Observation):
+    EVENT, LEVEL = "malformed_command_refused", "warning"
+    kind: Kind
+    reason: str
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedReplyForwarded(Observation):
+    EVENT, LEVEL = "malformed_reply_forwarded", "warning"
+    kind: Kind
+    reason: str
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddressMismatch(Observation):
+    """A 227 naming another address than the server's; `using` is where data goes."""
+
+    EVENT, LEVEL = "reply_address_mismatch", "warning"
+    line: bytes
+    using: str
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteImpossible(Observation):
+    EVENT, LEVEL = "rewrite_impossible", "warning"
+    line: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoDataPort(Observation):
+    EVENT, LEVEL = "no_data_port", "warning"
+    line: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnterminatedAddressLineDropped(Observation):
+    EVENT, LEVEL = "unterminated_address_line_dropped", "warning"
+    side: Side
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation(Observation):
+    EVENT, LEVEL = "protocol_violation", "warning"
+    side: Side
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectationEnded(Observation):
+    """An armed expectation ended without (`expired`, `replaced`, `dropped`) or by (`used`)
+    a data connection; `used` and `dropped` are already told by `data_accepted` and
+    `session_closed`, so they log at debug level."""
+
+    outcome: ExpectationOutcome
+    listen: Endpoint
+
+    @property
+    def event(self) -> str:
+        return f"expectation_{self.outcome.value}"
+
+    @property
+    def level(self) -> str:
+        quiet = (ExpectationOutcome.USED, ExpectationOutcome.DROPPED)
+        return "debug" if self.outcome in quiet else "info"
+
+    def fields(self) -> dict[str, Any]:
+        return {"listen": str(self.listen)}
+
+
+@dataclass(frozen=True, slots=True)
+class DataRejected(Observation):
+    """A data connection closed at once: from the wrong peer (`theft`) or for no live
+    expectation (`stale`)."""
+
+    reason: Refusal
+    peer: Endpoint
+    expected: str | None = None
+    listen: str | None = None
+
+    @property
+    def event(self) -> str:
+        return "data_theft_refused" if self.reason is Refusal.THEFT else "data_rejected"
+
+    LEVEL = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class DataStarted(Observation):
+    """The expected peer connected; ftpalg dials `target`."""
+
+    EVENT = "data_accepted"
+    conn: int
+    peer: Endpoint
+    target: Endpoint
+    mode: DataMode
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnded(Observation):
+    """A data connection ended; what the control channel said it carried (xferlog)."""
+
+    EVENT = "data_finished"
+    HIDDEN = frozenset({"client"})
+    conn: int
+    mode: DataMode
+    bytes_to_client: int
+    bytes_to_server: int
+    seconds: float
+    result: str  # "ok" or the error
+    user: bytes | None
+    command: str | None
+    path: bytes | None
+    type: str
+    client: Endpoint
+
+    @property
+    def level(self) -> str:
+        return "info" if self.ok else "warning"
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Observation):
+    EVENT = "session_closed"
+    reason: str
+
+
+# ---- the adapter's ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened(Observation):
+    EVENT = "session_opened"
+    server: Endpoint
+    server_face: Endpoint
+    client_face: Endpoint
+    mode: str  # "transparent" or "reverse"
+    connect_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRefused(Observation):
+    """A control connection answered with `reply` and closed before a session started."""
+
+    EVENT, LEVEL = "session_refused", "warning"
+    kind: Refusal
+    reply: bytes
+    client: Endpoint | None
+    detail: str | None = None  # why, when the reply does not say it
+
+    def fields(self) -> dict[str, Any]:
+        reason = self.detail or self.reply.decode("ascii", "replace").strip()
+        out: dict[str, Any] = {"reason": reason}
+        if self.client is not None:
+            out["client"] = str(self.client)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConnectFailed(Observation):
+    EVENT, LEVEL = "upstream_connect_failed", "warning"
+    upstream: Endpoint
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Observation):
+    """Something went wrong that is not a peer's fault: counted by `what`."""
+
+    what: Fault
+    error: str
+
+    @property
+    def event(self) -> str:
+        return self.what.value
+
+    @property
+    def level(self) -> str:
+        return "warning" if self.what is Fault.DATA_ACCEPT else "error"
+
+    def fields(self) -> dict[str, Any]:
+        return {"error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Observation):
+    """SIGHUP: the configuration was re-read (`ok`) or kept (`error`)."""
+
+    ok: bool
+    changed: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def event(self) -> str:
+        return "reloaded" if self.ok else "reload_failed"
+
+    @property
+    def level(self) -> str:
+        return "info" if self.ok else "error"
+
+    def fields(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"error": self.error}
+        return {"changed": list(self.changed), "needs_restart": list(self.needs_restart)}

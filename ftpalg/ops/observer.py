@@ -1,0 +1,40 @@
+"""Where observations go: the typed sinks (metrics, xferlog), then one log line.
+
+How this works. The gateway and every control session hold an `Observer` (sessions a bound
+copy carrying their session id and client). Calling it with an `Observation` hands the typed
+object to each sink, then renders it as one structlog line (`event`, `level`, `fields()`), so
+a metric moves exactly when a log line says why, and no sink ever reads log text. A failing
+sink is reported once (`observer_failed`) and never breaks a session. Lines that no sink
+needs (started, draining, ...) go straight to `log`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ftpalg.core.observations import Failed, Fault, Observation
+
+Sink = Callable[[Observation], None]
+
+
+class Observer:
+    def __init__(
+        self, log: Any, sinks: list[Sink] | None = None, broken: set[int] | None = None
+    ) -> None:
+        self.log = log
+        self.sinks: list[Sink] = [] if sinks is None else sinks  # shared by bound copies
+        self._broken = set() if broken is None else broken
+
+    def bind(self, **context: Any) -> Observer:
+        return Observer(self.log.bind(**context), self.sinks, self._broken)
+
+    def __call__(self, obs: Observation) -> None:
+        for sink in self.sinks:
+            try:
+                sink(obs)
+            except Exception as exc:  # a metrics bug must not break a session
+                if id(sink) not in self._broken:
+                    self._broken.add(id(sink))
+                    self(Failed(Fault.OBSERVER, f"{obs.event}: {type(exc).__name__}: {exc}"))
+        getattr(self.log, obs.level)(obs.event, **obs.fields())
