@@ -78,8 +78,8 @@ class SessionHost(Protocol):
 class HalfProtocol(asyncio.Protocol):
     """One side of the control connection; forwards everything to the ControlSession.
 
-    A client half is created before its session exists: it pauses reading at once; the
-    gateway attaches the session once the upstream connection stands (or answers 421).
+    A client half is created before its session is wired: it pauses reading at once and
+    keeps what may still arrive (`early`) until the gateway hands it the session (`start`).
     """
 
     def __init__(self, control: ControlSession | None, side: Side) -> None:
@@ -88,6 +88,7 @@ class HalfProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.paused_for: set[str] = set()  # why reading is paused: "peer", "backlog"
+        self.early = b""  # received before the session was handed over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -96,9 +97,22 @@ class HalfProtocol(asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
+    def start(self, control: ControlSession) -> None:
+        """Hand over to `control`: what arrived early first, then reading resumes."""
+        self.control = control
+        if self.early:
+            data, self.early = self.early, b""
+            control.handle(DataReceived(self.side, data))
+        if self.lost:
+            control.connection_lost(self.side, None)
+        elif not self.paused_for and (transport := self.writable()) is not None:
+            transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self.control is not None:
             self.control.handle(DataReceived(self.side, data))
+        elif self.transport is not None and not self.lost:
+            self.early += data  # before the session stands; reading is paused meanwhile
 
     def eof_received(self) -> bool:
         if self.control is None or self.control.closed:

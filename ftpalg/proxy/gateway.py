@@ -143,6 +143,7 @@ class Gateway:
         observe = self.observe.bind(session=sid, client=str(client))
         try:
             local = endpoint(conn.getsockname())
+            conn.getpeername()  # ENOTCONN once the client reset: no upstream dial for it
             set_control_options(conn)
         except OSError as exc:
             return self._client_gone(conn, client, "accept", exc)
@@ -202,16 +203,12 @@ class Gateway:
                 transport.close()
             observe(SessionRefused(Refusal.UPSTREAM, reply, None))
             return None
-        half.control = control
         self.sessions.add(control)
         mode = "reverse" if self.config.upstream else "transparent"
         connect_ms = round((self.loop.time() - started) * 1000, 3)
         observe(SessionOpened(faces.server, faces.server_face, faces.client_face, mode,
                               connect_ms))  # fmt: skip
-        if half.lost:
-            control.connection_lost(Side.CLIENT, None)
-        elif (transport := half.writable()) is not None:
-            transport.resume_reading()
+        half.start(control)
         return None
 
     def session_ended(self, control: ControlSession) -> None:
