@@ -3,7 +3,8 @@
 How this works: bytes are buffered until a LF; each complete line (terminator included, the CR
 before the LF kept exactly as received) is returned with the stream offset of its first byte.
 A line longer than `max_line` bytes (terminator included) or any NUL byte is a protocol
-violation (SPEC §3 limits). `eof()` hands back the unterminated rest, which is never parsed.
+violation (docs/core.md, hard limits). `eof()` hands back the unterminated rest, which is
+never parsed.
 """
 
 from __future__ import annotations

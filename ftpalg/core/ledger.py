@@ -1,8 +1,9 @@
-"""The kernel's per-direction sequence correction record (nf_conntrack_seqadj; SPEC §6).
+"""The kernel's per-direction sequence correction record (net/netfilter/nf_conntrack_seqadj.c).
 
-How this works (reference §5.2). A terminating proxy never fixes sequence numbers, but ftpalg
-keeps the record the kernel would keep so logs, metrics and tests can compare with it. Each
-direction holds (correction_pos, offset_before, offset_after), signed 32-bit:
+How this works (`nf_ct_seqadj_set`, `nf_ct_seq_adjust`). A terminating proxy never fixes
+sequence numbers, but ftpalg keeps the record the kernel would keep so logs, metrics and
+tests can compare with it. Each direction holds (correction_pos, offset_before,
+offset_after), signed 32-bit:
 
 - record(S, delta): skipped when delta == 0; applied only when no correction is pending
   (before == after) or correction_pos is strictly before S; then pos = S, before = after,

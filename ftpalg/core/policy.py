@@ -1,4 +1,4 @@
-"""Policy (SPEC §4) and the FTP replies ftpalg itself sends.
+"""Policy (docs/core.md) and the FTP replies ftpalg itself sends.
 
 - Address mismatch: a PORT/EPRT naming an address other than the client's real one is refused
   with 500 in strict mode (FTP bounce protection, RFC 2577); a 227 naming an address other

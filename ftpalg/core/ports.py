@@ -1,4 +1,4 @@
-"""Port choice for a data listener (SPEC §4): the announced port first, as the kernel does,
+"""Port choice for a data listener (docs/core.md): the announced port first, as the kernel does,
 then random ports from the configured data-port range, each port tried at most once.
 
 The random source is injected (anything with `randrange`), so tests are deterministic.

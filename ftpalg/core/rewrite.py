@@ -1,4 +1,4 @@
-"""Output formats of nf_nat_ftp (reference §4.4) and the splice that keeps every other byte.
+"""Output formats of nf_nat_ftp (`nf_nat_ftp_fmt_cmd`) and the splice that keeps every other byte.
 
 - PORT / 227: `a,b,c,d,p1,p2`, decimals without leading zeros.
 - EPRT: `|1|a.b.c.d|port|`, or `|2|` + eight 4-digit lowercase hex groups, never `::`

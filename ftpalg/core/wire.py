@@ -1,6 +1,7 @@
 """Parsers for the four address-bearing FTP lines, mirroring Linux nf_conntrack_ftp.
 
-How this works (reference/kernel-ftp-alg.md §1; SPEC §3). Each parser gets one complete line
+How this works (net/netfilter/nf_conntrack_ftp.c: `find_pattern`, `try_rfc959`,
+`try_rfc1123`, `try_eprt`, `try_epsv_response`; docs/core.md). Each parser gets one complete line
 and returns `None` (not an address line), `Malformed` (the kernel would match the prefix but
 fail to parse: a PARTIAL result that it drops forever), or a `Match` carrying the value and
 the byte span [start, end) of the text a rewrite may replace.
@@ -16,7 +17,7 @@ the byte span [start, end) of the text a rewrite may replace.
   aliases into neighbouring bytes or wraps to 16 bits) and port 0 are `Malformed`.
 - The address family must match the control connection: EPRT `|1|` on IPv4 and `|2|` on IPv6
   (kernel rule); PORT and 227 carry IPv4 only, so on IPv6 they are `Malformed` (the kernel's
-  first-32-bits quirk, reference §1.8, is deliberately not copied).
+  first-32-bits quirk of `get_ipv6_addr` is deliberately not copied).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Modules (the two peer programs are run with `python -m ftpalg.parity.<name>` ins
 namespaces, so this package module stays empty and they start fast):
 
 - `cases`: the case model, outcome specs and rendering of templates with the lab's addresses.
-- `corpus`: the cases themselves (reference §8 and variants), each classed mirror / deviation /
-  kernel-stall.
+- `corpus`: the cases themselves (the kernel's tricky inputs and variants), each classed
+  mirror / deviation / kernel-stall.
 - `client`, `server`: the scripted FTP client and server (they send arbitrary lines);
   `peers` runs them in the lab against whatever the gateway does at the moment.
 - `verdict`: what each path delivered, judged against the case's class.

@@ -1,4 +1,4 @@
-"""The corpus: every input of reference §8 and variants, classed by SPEC and docs/core.md.
+"""The corpus: the kernel's tricky inputs and variants, classed by docs/core.md.
 
 How this works. One helper call per case (`cm`/`cd`/`cs`: client line, mirror / deviation /
 kernel stall; `sm`/`sd`/`ss`: the same for a server reply). A case is one string (one TCP

@@ -7,9 +7,9 @@ is what the server received; for a server case it is what the client received. V
 
 - `ok`: mirror cases delivered byte-identical results on both paths (server and client side)
   and the kernel did what the case says; deviation/stall cases: the kernel did what the case
-  says and ftpalg did what SPEC/docs/core.md say;
+  says and ftpalg did what docs/core.md says;
 - `MISMATCH`: a mirror case where ftpalg's bytes differ from the kernel's;
-- `KERNEL-UNEXPECTED`: the kernel did not do what the case (the reference) says;
+- `KERNEL-UNEXPECTED`: the kernel did not do what the case says;
 - `FTPALG-UNEXPECTED`: a deviation/stall case where ftpalg did not do its documented thing;
 - `ERROR`: a peer failed (no banner, connection refused, ...).
 

@@ -26,8 +26,6 @@ from ipaddress import IPv4Address, IPv6Address
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
-IP_FREEBIND = 15
-IPV6_FREEBIND = 78
 IP_BIND_ADDRESS_NO_PORT = 24
 
 IPAddress = IPv4Address | IPv6Address
@@ -118,10 +116,8 @@ def set_control_options(sock: socket.socket) -> None:
 
 
 __all__ = [
-    "IPV6_FREEBIND",
     "IPV6_TRANSPARENT",
     "IP_BIND_ADDRESS_NO_PORT",
-    "IP_FREEBIND",
     "IP_TRANSPARENT",
     "is_local_address",
     "make_dial_socket",
