@@ -16,18 +16,15 @@ from ftpalg.core.observations import (
     DataStarted,
     ExpectationEnded,
     ExpectationOutcome,
-    Failed,
-    Fault,
     Observation,
     ProtocolViolation,
     Refusal,
     Rewritten,
     SessionClosed,
-    SessionOpened,
-    SessionRefused,
 )
 from ftpalg.core.policy import OUT_OF_RESOURCES, TOO_MANY_SESSIONS
 from ftpalg.core.wire import Kind
+from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.metrics import Metrics
 from ftpalg.ops.observer import Observer

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ftpalg.core.expect import PendingOpen
 from ftpalg.core.framer import LineFramer
+from ftpalg.core.messages import Action, Send, ShutdownWrite, Side
 
 
 @dataclass(slots=True)
@@ -36,10 +37,24 @@ class Direction:
         self.backlog += sum(len(line) for _, line in lines)
         if not self.framer.buffered:
             self.partial_since = None
-        elif self.partial_since is None:  # a line started: it must end in time
-            self.partial_since = now
+        elif lines or self.partial_since is None:  # a line started in this chunk: it must
+            self.partial_since = now  # end in time (an earlier one just ended)
 
     def take(self) -> tuple[int, bytes]:
         offset, line = self.held.popleft()
         self.backlog -= len(line)
         return offset, line
+
+
+def drop_sends_after_shutdown(sides: dict[Side, Direction], out: list[Action]) -> list[Action]:
+    """Mark the sides that were passed an EOF and drop later sends to them: a late reply of
+    ftpalg's own (421 on shutdown or idle, 500 on a bad line) after the peer's EOF was passed
+    on could not be read by the peer, and a transport must not write after its EOF."""
+    kept: list[Action] = []
+    for action in out:
+        if isinstance(action, ShutdownWrite):
+            sides[action.side].shut = True
+        elif isinstance(action, Send) and sides[action.side].shut:
+            continue
+        kept.append(action)
+    return kept

@@ -36,6 +36,16 @@ class Endpoint:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Faces:
+    """The four endpoints of a control session (docs/core.md)."""
+
+    client: Endpoint  # the client's real address
+    server: Endpoint  # the real upstream server
+    server_face: Endpoint  # what the client believes it talks to
+    client_face: Endpoint  # what the server sees the client as
+
+
 # ---- events -------------------------------------------------------------------------------
 
 

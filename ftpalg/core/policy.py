@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftpalg.core.messages import Endpoint, Faces
+from ftpalg.core.observations import Refusal
 from ftpalg.core.wire import Address, Kind, Match
 
 
@@ -45,6 +47,38 @@ def refusal_for_client(match: Match, client: Address, policy: CorePolicy) -> byt
     if match.port < 1024 and not policy.allow_low_data_ports:
         return reply(500, f"Illegal {match.kind.value} command: data port {match.port} < 1024.")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlan:
+    """Where the data connection an address line announces goes (the four faces)."""
+
+    face: Address  # the listener's address: the receiver's view of the sender
+    accept_from: Address  # the only peer that may connect to it
+    target: Endpoint  # where ftpalg dials once it did
+    dial_from: Address  # the face the dialed peer expects to see
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: Refusal
+    reply: bytes
+
+
+def plan_data(match: Match, faces: Faces, policy: CorePolicy) -> DataPlan | Refused:
+    """The plan for a parsed PORT/EPRT (from the client) or 227/229 (from the server): the
+    listener goes on the face the receiver sees the sender as, the dial comes from the face
+    the far end expects (`nf_nat_ftp`: the sender's address as seen by the receiver)."""
+    if match.kind.from_client:
+        refusal = refusal_for_client(match, faces.client.host, policy)
+        if refusal is not None:
+            bounce = match.address != faces.client.host and not policy.loose
+            return Refused(Refusal.BOUNCE if bounce else Refusal.LOW_PORT, refusal)
+        assert match.address is not None
+        target = Endpoint(match.address, match.port)
+        return DataPlan(faces.client_face.host, faces.server.host, target, faces.server_face.host)
+    target = Endpoint(server_target(match, faces.server.host, policy), match.port)
+    return DataPlan(faces.server_face.host, faces.client.host, target, faces.client_face.host)
 
 
 def server_target(match: Match, server: Address, policy: CorePolicy) -> Address:

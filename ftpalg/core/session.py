@@ -16,12 +16,11 @@ for the life of an announced data connection, ledger.py for the kernel's seq cor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import assert_never
 
 from ftpalg.core import policy as P
 from ftpalg.core.datapath import DataLegs
-from ftpalg.core.direction import Direction
+from ftpalg.core.direction import Direction, drop_sends_after_shutdown
 from ftpalg.core.expect import Expectation, PendingOpen
 from ftpalg.core.framer import LineFramer
 from ftpalg.core.ledger import SeqCorrection
@@ -36,6 +35,7 @@ from ftpalg.core.messages import (
     DataReceived,
     Endpoint,
     Event,
+    Faces,
     ListenerFailed,
     ListenerOpened,
     OpenListener,
@@ -52,7 +52,6 @@ from ftpalg.core.observations import (
     MalformedReplyForwarded,
     NoDataPort,
     ProtocolViolation,
-    Refusal,
     ReplyAddressMismatch,
     RewriteImpossible,
     Rewritten,
@@ -65,14 +64,7 @@ from ftpalg.core.transfer import CommandNotes
 from ftpalg.core.wire import Malformed, Match, parse_client_line, parse_server_line
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
-
-
-@dataclass(frozen=True, slots=True)
-class Faces:
-    client: Endpoint  # the client's real address
-    server: Endpoint  # the real upstream server
-    server_face: Endpoint  # what the client believes it talks to
-    client_face: Endpoint  # what the server sees the client as
+__all__ = ["Faces", "Session"]
 
 
 class Session:
@@ -145,17 +137,8 @@ class Session:
         return [d.partial_since for d in self.sides.values() if d.partial_since is not None]
 
     def _after_shutdown(self, out: list[Action]) -> list[Action]:
-        """Nothing is sent to a side after its write half was shut (the peer's EOF was passed
-        on): a late reply of ftpalg's own (421 on shutdown or idle, 500 on a bad line) is
-        dropped; the peer could not read it, and the transport must not write after EOF."""
-        kept: list[Action] = []
-        for action in out:
-            if isinstance(action, ShutdownWrite):
-                self.sides[action.side].shut = True
-            elif isinstance(action, Send) and self.sides[action.side].shut:
-                continue
-            kept.append(action)
-        return kept
+        """Nothing is sent to a side after its write half was shut (see direction.py)."""
+        return drop_sends_after_shutdown(self.sides, out)
 
     # ---- control lines ------------------------------------------------------------------
 
@@ -166,6 +149,7 @@ class Session:
         self._last_activity = now
         if not data:
             direction.eof_seen = True
+            direction.partial_since = None  # the EOF ends the last line: it cannot time out
         else:
             direction.queue(data, now)
         self._drain(side, now, out)
@@ -224,27 +208,15 @@ class Session:
     def _address_line(
         self, side: Side, offset: int, line: bytes, match: Match, out: list[Action]
     ) -> None:
-        f = self.faces
-        if side is CLIENT:
-            refusal = P.refusal_for_client(match, f.client.host, self.policy)
-            if refusal is not None:
-                out.append(Send(CLIENT, refusal))
-                bounce = match.address != f.client.host and not self.policy.loose
-                out.append(
-                    CommandRefused(Refusal.BOUNCE if bounce else Refusal.LOW_PORT, line, refusal)
-                )
-                return
-            assert match.address is not None
-            face, accept_from, dial_from = f.client_face.host, f.server.host, f.server_face.host
-            target = Endpoint(match.address, match.port)
-        else:
-            host = P.server_target(match, f.server.host, self.policy)
-            if match.address is not None and match.address != f.server.host:
-                out.append(ReplyAddressMismatch(line, str(host)))
-            face, accept_from, dial_from = f.server_face.host, f.client.host, f.client_face.host
-            target = Endpoint(host, match.port)
+        plan = P.plan_data(match, self.faces, self.policy)
+        if isinstance(plan, P.Refused):
+            out.append(Send(CLIENT, plan.reply))
+            out.append(CommandRefused(plan.reason, line, plan.reply))
+            return
+        if side is SERVER and match.address not in (None, self.faces.server.host):
+            out.append(ReplyAddressMismatch(line, str(plan.target.host)))
         try:
-            replacement(match.kind, face, match.port)
+            replacement(match.kind, plan.face, match.port)
         except Unrepresentable as exc:
             out.append(RewriteImpossible(line, str(exc)))
             out.append(Send(CLIENT, P.UNREPRESENTABLE if side is CLIENT else line))
@@ -253,9 +225,10 @@ class Session:
         self._next_listener += 1
         chooser = PortChooser(match.port, self.policy.data_ports, self.rng, self.policy.port_tries)
         self.sides[side].opening = PendingOpen(
-            listener, side, offset, line, match, face, accept_from, target, dial_from, chooser
-        )
-        out.append(OpenListener(listener, face, match.port))
+            listener, side, offset, line, match, plan.face, plan.accept_from, plan.target,
+            plan.dial_from, chooser,
+        )  # fmt: skip
+        out.append(OpenListener(listener, plan.face, match.port))
 
     # ---- listeners ----------------------------------------------------------------------
 

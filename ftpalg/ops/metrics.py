@@ -45,24 +45,26 @@ from ftpalg.core.observations import (
     DataStarted,
     ExpectationEnded,
     ExpectationOutcome,
-    Failed,
-    Fault,
     MalformedCommandRefused,
     NoDataPort,
     Observation,
     ProtocolViolation,
     Refusal,
-    Reloaded,
     ReplyAddressMismatch,
     RewriteImpossible,
     Rewritten,
     SessionClosed,
-    SessionOpened,
-    SessionRefused,
     UnterminatedAddressLineDropped,
-    UpstreamConnectFailed,
 )
 from ftpalg.core.wire import Kind
+from ftpalg.ops.events import (
+    Failed,
+    Fault,
+    Reloaded,
+    SessionOpened,
+    SessionRefused,
+    UpstreamConnectFailed,
+)
 
 
 def _reason(obs: CommandRefused | DataRejected | SessionRefused) -> Refusal:

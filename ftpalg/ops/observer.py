@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ftpalg.core.observations import Failed, Fault, Observation
+from ftpalg.core.observations import Observation
+from ftpalg.ops.events import Failed, Fault
 
 Sink = Callable[[Observation], None]
 

@@ -21,8 +21,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from ftpalg.core.observations import Failed, Reloaded
 from ftpalg.ops.config import Config, ConfigError
+from ftpalg.ops.events import Failed, Reloaded
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.metrics import Metrics, MetricsServer
 from ftpalg.ops.observer import Observer

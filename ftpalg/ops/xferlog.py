@@ -32,8 +32,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ftpalg.core.observations import DataEnded, Failed, Fault, Observation
+from ftpalg.core.observations import DataEnded, Observation
 from ftpalg.core.transfer import UPLOAD_VERBS
+from ftpalg.ops.events import Failed, Fault
 
 _ANONYMOUS = {"anonymous", "ftp"}
 _LISTINGS = {"LIST", "NLST", "MLSD"}

@@ -17,8 +17,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ftpalg.core.observations import Failed, Fault, Refusal
+from ftpalg.core.observations import Refusal
 from ftpalg.core.policy import OUT_OF_RESOURCES
+from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.control import endpoint
 from ftpalg.proxy.refusal import refuse

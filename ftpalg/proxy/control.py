@@ -46,8 +46,9 @@ from ftpalg.core.messages import (
     Side,
     TimerFired,
 )
-from ftpalg.core.observations import Failed, Fault, Observation
+from ftpalg.core.observations import Observation
 from ftpalg.core.session import Session
+from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.relay import relay
 from ftpalg.proxy.sockets import is_local_address, make_listener

@@ -22,16 +22,10 @@ from typing import Any
 
 from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
-from ftpalg.core.observations import (
-    Failed,
-    Fault,
-    Refusal,
-    SessionOpened,
-    SessionRefused,
-    UpstreamConnectFailed,
-)
+from ftpalg.core.observations import Refusal
 from ftpalg.core.session import Faces, Session
 from ftpalg.ops.config import Config
+from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused, UpstreamConnectFailed
 from ftpalg.ops.logs import get_logger
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.acceptor import Acceptor

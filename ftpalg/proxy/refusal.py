@@ -11,7 +11,8 @@ import contextlib
 import socket
 
 from ftpalg.core.messages import Endpoint
-from ftpalg.core.observations import Refusal, SessionRefused
+from ftpalg.core.observations import Refusal
+from ftpalg.ops.events import SessionRefused
 from ftpalg.ops.observer import Observer
 
 
