@@ -34,8 +34,10 @@ def draw(s: dict[str, Any], img_dir: Path) -> dict[str, Path]:
             entries = [s["throughput"].get(p, {}).get(f"{m}-{d}") for m, d in COMBOS]
             xs = [k + i * width for k in range(len(COMBOS))]
             med = [e["median"] if e else 0 for e in entries]
-            err = [[e["median"] - e["min"] if e else 0 for e in entries],
-                   [e["max"] - e["median"] if e else 0 for e in entries]]  # fmt: skip
+            err = [
+                [e["median"] - e["min"] if e else 0 for e in entries],
+                [e["max"] - e["median"] if e else 0 for e in entries],
+            ]
             ax.bar(xs, med, width, yerr=err, capsize=2, label=LABELS[p])
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(COMBOS))])
         ax.set_xticklabels([f"{m.upper()} {d}" for m, d in COMBOS])
@@ -44,27 +46,48 @@ def draw(s: dict[str, Any], img_dir: Path) -> dict[str, Path]:
         ax.legend(fontsize=8, loc="lower right")
         out["throughput"] = _save(fig, img_dir / "bench-throughput.png")
     if s["sessions"]:
-        out["sessions"] = _bars(plt, s["sessions"], paths, "sessions/s (median, min–max)",
-                                f"Session rate, {s['config']['workers']} parallel clients",
-                                img_dir / "bench-sessions.png")  # fmt: skip
+        out["sessions"] = _bars(
+            plt,
+            s["sessions"],
+            paths,
+            "sessions/s (median, min–max)",
+            f"Session rate, {s['config']['workers']} parallel clients",
+            img_dir / "bench-sessions.png",
+        )
     if s["latency"]:
-        out["latency"] = _bars(plt, s["latency"], paths, "µs (p50 bar, p99 dot)",
-                               "NOOP round trip", img_dir / "bench-latency.png",
-                               p99=True)  # fmt: skip
+        out["latency"] = _bars(
+            plt,
+            s["latency"],
+            paths,
+            "µs (p50 bar, p99 dot)",
+            "NOOP round trip",
+            img_dir / "bench-latency.png",
+            p99=True,
+        )
     return out
 
 
-def _bars(plt: Any, data: dict[str, Any], paths: list[str], ylabel: str, title: str,
-          file: Path, p99: bool = False) -> Path:  # fmt: skip
+def _bars(
+    plt: Any,
+    data: dict[str, Any],
+    paths: list[str],
+    ylabel: str,
+    title: str,
+    file: Path,
+    p99: bool = False,
+) -> Path:
     names = [p for p in paths if p in data]
     fig, ax = plt.subplots(figsize=(8, 4))
     med = [data[p]["median"] for p in names]
-    err = [[data[p]["median"] - data[p]["min"] for p in names],
-           [data[p]["max"] - data[p]["median"] for p in names]]  # fmt: skip
+    err = [
+        [data[p]["median"] - data[p]["min"] for p in names],
+        [data[p]["max"] - data[p]["median"] for p in names],
+    ]
     ax.bar(range(len(names)), med, yerr=err, capsize=3, color="tab:blue")
     if p99:
-        ax.plot(range(len(names)), [data[p]["p99_us"] for p in names], "o", color="tab:red",
-                label="p99")  # fmt: skip
+        ax.plot(
+            range(len(names)), [data[p]["p99_us"] for p in names], "o", color="tab:red", label="p99"
+        )
         ax.legend()
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([LABELS[p].replace(" (", "\n(") for p in names], fontsize=8)

@@ -36,8 +36,9 @@ NOFILE = 65536
 
 def _prlimit(pid: int) -> int:
     """Raise pid's open-file limit to NOFILE if allowed; return its soft limit afterwards."""
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={NOFILE}:{NOFILE}"],
-                   capture_output=True, check=False)  # fmt: skip
+    subprocess.run(
+        ["prlimit", f"--pid={pid}", f"--nofile={NOFILE}:{NOFILE}"], capture_output=True, check=False
+    )
     with open(f"/proc/{pid}/limits") as f:
         for line in f:
             if line.startswith("Max open files"):
@@ -54,8 +55,14 @@ class IdleClients:
 
     def __init__(self, lab: Lab, host: str, count: int) -> None:
         argv = [sys.executable, LOAD, "idle", host, "21", "--count", str(count)]
-        self.proc = lab.popen("cli", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = lab.popen(
+            "cli",
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def event(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -102,8 +109,10 @@ def concurrency(requested: int, warmup: int = 50) -> dict[str, Any]:
         banners = clients.event()
         cpu1 = procstat.tree_cpu(pid)
         rss1, srss1 = procstat.rss_kib(pid), procstat.rss_kib(spid)
-        log(f"  {banners['ok']} banners in {banners['seconds']:.1f} s, ftpalg RSS "
-            f"{rss0} -> {rss1} KiB")  # fmt: skip
+        log(
+            f"  {banners['ok']} banners in {banners['seconds']:.1f} s, ftpalg RSS "
+            f"{rss0} -> {rss1} KiB"
+        )
         noop = clients.send("noop")
         rss2 = procstat.rss_kib(pid)
         fds = _fds(pid)

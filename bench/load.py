@@ -108,8 +108,13 @@ async def sessions(args: argparse.Namespace) -> dict[str, object]:
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.workers)))
     seconds = time.perf_counter() - start
-    return {"sessions": done, "errors": errors, "seconds": seconds,
-            "rate": done / seconds, "first_error": first_error}  # fmt: skip
+    return {
+        "sessions": done,
+        "errors": errors,
+        "seconds": seconds,
+        "rate": done / seconds,
+        "first_error": first_error,
+    }
 
 
 def latency(args: argparse.Namespace) -> dict[str, object]:
@@ -175,8 +180,15 @@ async def idle(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     await asyncio.gather(*(open_one() for _ in range(args.count)))
-    emit({"event": "banners", "ok": len(conns), "failed": failed,
-          "seconds": time.perf_counter() - t0, "first_error": first_error})  # fmt: skip
+    emit(
+        {
+            "event": "banners",
+            "ok": len(conns),
+            "failed": failed,
+            "seconds": time.perf_counter() - t0,
+            "first_error": first_error,
+        }
+    )
     loop = asyncio.get_running_loop()
     while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) == "noop":
         t0 = time.perf_counter()
@@ -190,8 +202,14 @@ async def idle(args: argparse.Namespace) -> None:
                     return False
 
         ok = sum(await asyncio.gather(*(noop(r, w) for r, w in conns)))
-        emit({"event": "noop", "ok": ok, "failed": len(conns) - ok,
-              "seconds": time.perf_counter() - t0})  # fmt: skip
+        emit(
+            {
+                "event": "noop",
+                "ok": ok,
+                "failed": len(conns) - ok,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     for _r, w in conns:
         w.close()
     emit({"event": "closed", "last": line})

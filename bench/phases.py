@@ -49,8 +49,17 @@ def _cpu_after(p: BenchPath) -> float:
     return procstat.tree_cpu(p.proxy_pid)
 
 
-def transfer(p: BenchPath, big: str, size: int, digest: str, mode: str, upload: bool,
-             verify: bool, scratch: Path, seq: int) -> dict[str, Any]:  # fmt: skip
+def transfer(
+    p: BenchPath,
+    big: str,
+    size: int,
+    digest: str,
+    mode: str,
+    upload: bool,
+    verify: bool,
+    scratch: Path,
+    seq: int,
+) -> dict[str, Any]:
     """One timed curl transfer through path p; raises LabError when it fails."""
     argv = ["curl", "-sS", "--max-time", "600", *MODES[mode], *p.curl_extra]
     local = scratch / f"{p.name}-{seq}.bin"
@@ -89,14 +98,22 @@ def transfer(p: BenchPath, big: str, size: int, digest: str, mode: str, upload: 
     if nbytes != size:
         raise LabError(f"{p.name}: curl moved {nbytes} of {size} bytes")
     gib = size / 2**30
-    return {"path": p.name, "mode": mode, "direction": "upload" if upload else "download",
-            "bytes": nbytes, "seconds": seconds, "mbps": nbytes / seconds / 1e6,
-            "proxy_cpu_s_per_gib": (cpu1 - cpu0) / gib if p.proxy_pid else None,
-            "machine_cpu_s_per_gib": (busy1 - busy0) / gib, "checked": checked}  # fmt: skip
+    return {
+        "path": p.name,
+        "mode": mode,
+        "direction": "upload" if upload else "download",
+        "bytes": nbytes,
+        "seconds": seconds,
+        "mbps": nbytes / seconds / 1e6,
+        "proxy_cpu_s_per_gib": (cpu1 - cpu0) / gib if p.proxy_pid else None,
+        "machine_cpu_s_per_gib": (busy1 - busy0) / gib,
+        "checked": checked,
+    }
 
 
-def throughput(paths: list[BenchPath], big: str, size: int, digest: str, runs: int,
-               verify: bool, scratch: Path) -> list[dict[str, Any]]:  # fmt: skip
+def throughput(
+    paths: list[BenchPath], big: str, size: int, digest: str, runs: int, verify: bool, scratch: Path
+) -> list[dict[str, Any]]:
     results = []
     seq = 0
     if not verify:  # one untimed, sha256-checked download per path (also a warm-up)
@@ -107,8 +124,9 @@ def throughput(paths: list[BenchPath], big: str, size: int, digest: str, runs: i
         for mode, direction in COMBOS:
             for p in rotated(paths, r):
                 seq += 1
-                res = transfer(p, big, size, digest, mode, direction == "upload", verify,
-                               scratch, seq)  # fmt: skip
+                res = transfer(
+                    p, big, size, digest, mode, direction == "upload", verify, scratch, seq
+                )
                 res["run"] = r
                 results.append(res)
                 log(f"  {p.name:8} {mode} {direction:8} {res['mbps']:7.0f} MB/s")
@@ -128,8 +146,9 @@ def load(p: BenchPath, what: str, *extra: str, timeout: float = 120) -> dict[str
     return out
 
 
-def session_rate(paths: list[BenchPath], runs: int, workers: int,
-                 duration: float) -> list[dict[str, Any]]:  # fmt: skip
+def session_rate(
+    paths: list[BenchPath], runs: int, workers: int, duration: float
+) -> list[dict[str, Any]]:
     results = []
     for r in range(runs):
         for p in rotated(paths, r):

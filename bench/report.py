@@ -42,8 +42,7 @@ NOTES_TEXT = [
 def _stats(values: list[float]) -> dict[str, Any]:
     med = statistics.median(values)
     spread = (max(values) - min(values)) / med if med else 0.0
-    return {"median": med, "min": min(values), "max": max(values), "spread": spread,
-            "runs": values}  # fmt: skip
+    return {"median": med, "min": min(values), "max": max(values), "spread": spread, "runs": values}
 
 
 def _by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -54,11 +53,16 @@ def _by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[di
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
-    s: dict[str, Any] = {"machine": raw["machine"], "config": raw["config"],
-                         "paths": raw["paths"], "unavailable": raw["unavailable"]}  # fmt: skip
+    s: dict[str, Any] = {
+        "machine": raw["machine"],
+        "config": raw["config"],
+        "paths": raw["paths"],
+        "unavailable": raw["unavailable"],
+    }
     tp: dict[str, dict[str, Any]] = {}
-    for (path, mode, direction), rows in _by(raw.get("throughput", []), "path", "mode",
-                                             "direction").items():  # fmt: skip
+    for (path, mode, direction), rows in _by(
+        raw.get("throughput", []), "path", "mode", "direction"
+    ).items():
         entry = _stats([r["mbps"] for r in rows])
         cpu = [r["proxy_cpu_s_per_gib"] for r in rows if r["proxy_cpu_s_per_gib"] is not None]
         entry["proxy_cpu_s_per_gib"] = statistics.median(cpu) if cpu else None
@@ -104,44 +108,78 @@ def verdict(s: dict[str, Any]) -> list[dict[str, Any]]:
     if alg and "kernel" in tp:
         ratios = {c: e["vs_kernel"] for c, e in alg.items()}
         worst = min(ratios, key=lambda c: ratios[c])
-        out.append(_check("throughput", f">= {TARGETS['throughput_vs_kernel']}x kernel",
-                          f"{ratios[worst]:.2f}x at worst ({worst}); "
-                          + ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items()),
-                          ratios[worst] >= TARGETS["throughput_vs_kernel"]))  # fmt: skip
+        out.append(
+            _check(
+                "throughput",
+                f">= {TARGETS['throughput_vs_kernel']}x kernel",
+                f"{ratios[worst]:.2f}x at worst ({worst}); "
+                + ", ".join(f"{c} {r:.2f}x" for c, r in ratios.items()),
+                ratios[worst] >= TARGETS["throughput_vs_kernel"],
+            )
+        )
         peers = [p for p in ("suse", "proftpd") if p in tp]
-        behind = [f"{c} vs {p}" for c in alg for p in peers
-                  if c in tp[p] and alg[c]["median"] <= tp[p][c]["median"]]  # fmt: skip
-        out.append(_check("throughput vs C proxies", "above SuSE ftp-proxy and proftpd",
-                          "behind in " + ", ".join(behind) if behind else
-                          f"ahead in all {len(alg)} cases of {', '.join(peers) or 'none'}",
-                          not behind if peers else None))  # fmt: skip
+        behind = [
+            f"{c} vs {p}"
+            for c in alg
+            for p in peers
+            if c in tp[p] and alg[c]["median"] <= tp[p][c]["median"]
+        ]
+        out.append(
+            _check(
+                "throughput vs C proxies",
+                "above SuSE ftp-proxy and proftpd",
+                "behind in " + ", ".join(behind)
+                if behind
+                else f"ahead in all {len(alg)} cases of {', '.join(peers) or 'none'}",
+                not behind if peers else None,
+            )
+        )
         cpu = {c: e["proxy_cpu_s_per_gib"] for c, e in alg.items()}
         hi = max(cpu, key=lambda c: cpu[c])
-        out.append(_check("CPU per GiB", f"<= {TARGETS['cpu_s_per_gib']} s",
-                          f"{cpu[hi]:.2f} s at worst ({hi}); "
-                          + ", ".join(f"{c} {v:.2f}" for c, v in cpu.items()),
-                          cpu[hi] <= TARGETS["cpu_s_per_gib"]))  # fmt: skip
+        out.append(
+            _check(
+                "CPU per GiB",
+                f"<= {TARGETS['cpu_s_per_gib']} s",
+                f"{cpu[hi]:.2f} s at worst ({hi}); "
+                + ", ".join(f"{c} {v:.2f}" for c, v in cpu.items()),
+                cpu[hi] <= TARGETS["cpu_s_per_gib"],
+            )
+        )
     ses = s["sessions"].get("ftpalg")
     if ses and ses["vs_direct"] is not None:
-        out.append(_check("session rate", f">= {TARGETS['sessions_vs_direct']}x direct",
-                          f"{ses['median']:.0f}/s = {ses['vs_direct']:.2f}x direct",
-                          ses["vs_direct"] >= TARGETS["sessions_vs_direct"]))  # fmt: skip
+        out.append(
+            _check(
+                "session rate",
+                f">= {TARGETS['sessions_vs_direct']}x direct",
+                f"{ses['median']:.0f}/s = {ses['vs_direct']:.2f}x direct",
+                ses["vs_direct"] >= TARGETS["sessions_vs_direct"],
+            )
+        )
     lat = s["latency"].get("ftpalg")
     if lat and lat["added_p50_us"] is not None:
-        out.append(_check("NOOP latency", f"p50 added <= {TARGETS['noop_added_p50_us']:.0f} us",
-                          f"+{lat['added_p50_us']:.0f} us (p50 {lat['median']:.0f} us, "
-                          f"p99 {lat['p99_us']:.0f} us)",
-                          lat["added_p50_us"] <= TARGETS["noop_added_p50_us"]))  # fmt: skip
+        out.append(
+            _check(
+                "NOOP latency",
+                f"p50 added <= {TARGETS['noop_added_p50_us']:.0f} us",
+                f"+{lat['added_p50_us']:.0f} us (p50 {lat['median']:.0f} us, "
+                f"p99 {lat['p99_us']:.0f} us)",
+                lat["added_p50_us"] <= TARGETS["noop_added_p50_us"],
+            )
+        )
     c = s.get("concurrency")
     if c:
         all_ok = c["banners_ok"] == c["sessions"] == c["noop_ok"]
         per = c["rss_per_session_kib"] or 0.0
         capped = f" (of {c['requested']} asked: {c['limited_by']})" if c["limited_by"] else ""
-        out.append(_check("idle sessions", f"{c['requested']} banners + NOOPs, <= "
-                          f"{TARGETS['rss_per_session_kib']:.0f} KiB RSS each",
-                          f"{c['banners_ok']} banners{capped}, {c['noop_ok']} NOOPs, "
-                          f"{per:.1f} KiB/session",
-                          all_ok and per <= TARGETS["rss_per_session_kib"]))  # fmt: skip
+        out.append(
+            _check(
+                "idle sessions",
+                f"{c['requested']} banners + NOOPs, <= "
+                f"{TARGETS['rss_per_session_kib']:.0f} KiB RSS each",
+                f"{c['banners_ok']} banners{capped}, {c['noop_ok']} NOOPs, {per:.1f} KiB/session",
+                all_ok and per <= TARGETS["rss_per_session_kib"],
+            )
+        )
     return out
 
 
@@ -184,19 +222,29 @@ def markdown(s: dict[str, Any], images: dict[str, str]) -> str:
     ]
     lines += [f"| {LABELS[p]} | {NOTES[p]} |" for p in s["paths"]]
     lines += [f"| {LABELS[p]} | not run: {why} |" for p, why in s["unavailable"].items()]
-    lines += ["", "## Verdict (ftpalg against the targets)", "", "| target | goal | measured | |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Verdict (ftpalg against the targets)",
+        "",
+        "| target | goal | measured | |",
+        "|---|---|---|---|",
+    ]
     for v in s["verdict"]:
         mark = "n/a" if v["pass"] is None else ("PASS" if v["pass"] else "**MISS**")
         lines.append(f"| {v['target']} | {v['goal']} | {v['measured']} | {mark} |")
     if s["throughput"]:
         head = " | ".join(f"{mo.upper()} {d}" for mo, d in COMBOS)
-        lines += ["", "## Bulk throughput", "",
-                  "MB/s (10⁶ bytes/s), in brackets × the kernel path; CPU = the proxy's "
-                  "process tree (forked children included) per GiB relayed; machine = busy "
-                  "time of all CPUs per GiB (client, server, kernel and other users included).",
-                  "", f"| path | {head} | proxy CPU s/GiB | machine CPU s/GiB | spread |",
-                  "|---|" + "---|" * (len(COMBOS) + 3)]  # fmt: skip
+        lines += [
+            "",
+            "## Bulk throughput",
+            "",
+            "MB/s (10⁶ bytes/s), in brackets × the kernel path; CPU = the proxy's "
+            "process tree (forked children included) per GiB relayed; machine = busy "
+            "time of all CPUs per GiB (client, server, kernel and other users included).",
+            "",
+            f"| path | {head} | proxy CPU s/GiB | machine CPU s/GiB | spread |",
+            "|---|" + "---|" * (len(COMBOS) + 3),
+        ]
         for p in s["paths"]:
             combos = s["throughput"].get(p, {})
             cells = [_cell(combos.get(f"{mo}-{d}"), "vs_kernel") for mo, d in COMBOS]
@@ -204,18 +252,25 @@ def markdown(s: dict[str, Any], images: dict[str, str]) -> str:
             mach = [e["machine_cpu_s_per_gib"] for e in combos.values()]
             spread = max((e["spread"] for e in combos.values()), default=0.0)
             cpu_txt = "–" if not cpu or cpu[0] is None else f"{min(cpu):.2f}–{max(cpu):.2f}"
-            lines.append(f"| {LABELS[p]} | " + " | ".join(cells) + f" | {cpu_txt} | "
-                         f"{min(mach):.2f}–{max(mach):.2f} | {spread:.0%} |")  # fmt: skip
+            lines.append(
+                f"| {LABELS[p]} | " + " | ".join(cells) + f" | {cpu_txt} | "
+                f"{min(mach):.2f}–{max(mach):.2f} | {spread:.0%} |"
+            )
         if "throughput" in images:
             lines += ["", f"![throughput]({images['throughput']})"]
     if s["sessions"] or s["latency"]:
-        lines += ["", "## Session rate and control latency", "",
-                  "Sessions: connect, banner, USER/PASS, EPSV (PASV via SuSE), LIST, QUIT "
-                  f"with {cfg['workers']} parallel clients; × direct in brackets. Latency: "
-                  "NOOP round trip on one logged-in session; added = p50 − direct's p50.", "",
-                  "| path | sessions/s | spread | proxy CPU ms/session | machine CPU ms/session | "
-                  "NOOP p50 µs | NOOP p99 µs | added p50 µs |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Session rate and control latency",
+            "",
+            "Sessions: connect, banner, USER/PASS, EPSV (PASV via SuSE), LIST, QUIT "
+            f"with {cfg['workers']} parallel clients; × direct in brackets. Latency: "
+            "NOOP round trip on one logged-in session; added = p50 − direct's p50.",
+            "",
+            "| path | sessions/s | spread | proxy CPU ms/session | machine CPU ms/session | "
+            "NOOP p50 µs | NOOP p99 µs | added p50 µs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in s["paths"]:
             ses, lat = s["sessions"].get(p), s["latency"].get(p)
             lines.append(
@@ -231,23 +286,31 @@ def markdown(s: dict[str, Any], images: dict[str, str]) -> str:
                 lines += ["", f"![{key}]({images[key]})"]
     c = s.get("concurrency")
     if c:
-        lines += ["", "## Idle sessions through ftpalg", "",
-                  "pyftpdlib server (one process); RSS = ftpalg's resident memory."
-                  + (f" Only {c['sessions']} of the {c['requested']} sessions asked for fit: "
-                     f"{c['limited_by']}, and raising it needs CAP_SYS_RESOURCE, which this "
-                     "machine does not grant (10,000 sessions are 20,000 sockets in ftpalg)."
-                     if c["limited_by"] else ""), "",
-                  "| sessions | banners | NOOP answered | open time s | ftpalg fds | "
-                  "ftpalg RSS before → open MiB | KiB/session | after NOOP KiB/session | "
-                  "ftpalg CPU ms/session open | server RSS Δ MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|",
-                  f"| {c['sessions']} | {c['banners_ok']} | {c['noop_ok']} | "
-                  f"{c['open_seconds']:.1f} | {c['ftpalg_fds_open']} | "
-                  f"{c['ftpalg_rss_before_kib'] / 1024:.1f} → {c['ftpalg_rss_open_kib'] / 1024:.1f}"
-                  f" | {_num(c['rss_per_session_kib'], '.1f')} | "
-                  f"{_num(c['rss_per_session_after_noop_kib'], '.1f')} | "
-                  f"{_num(c['ftpalg_cpu_ms_per_session_open'])} | "
-                  f"{c['server_rss_delta_kib'] / 1024:.1f} |"]  # fmt: skip
+        lines += [
+            "",
+            "## Idle sessions through ftpalg",
+            "",
+            "pyftpdlib server (one process); RSS = ftpalg's resident memory."
+            + (
+                f" Only {c['sessions']} of the {c['requested']} sessions asked for fit: "
+                f"{c['limited_by']}, and raising it needs CAP_SYS_RESOURCE, which this "
+                "machine does not grant (10,000 sessions are 20,000 sockets in ftpalg)."
+                if c["limited_by"]
+                else ""
+            ),
+            "",
+            "| sessions | banners | NOOP answered | open time s | ftpalg fds | "
+            "ftpalg RSS before → open MiB | KiB/session | after NOOP KiB/session | "
+            "ftpalg CPU ms/session open | server RSS Δ MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {c['sessions']} | {c['banners_ok']} | {c['noop_ok']} | "
+            f"{c['open_seconds']:.1f} | {c['ftpalg_fds_open']} | "
+            f"{c['ftpalg_rss_before_kib'] / 1024:.1f} → {c['ftpalg_rss_open_kib'] / 1024:.1f}"
+            f" | {_num(c['rss_per_session_kib'], '.1f')} | "
+            f"{_num(c['rss_per_session_after_noop_kib'], '.1f')} | "
+            f"{_num(c['ftpalg_cpu_ms_per_session_open'])} | "
+            f"{c['server_rss_delta_kib'] / 1024:.1f} |",
+        ]
     lines += ["", "## Reading the numbers", "", *NOTES_TEXT]
     if s.get("profiles"):
         lines += ["", "## Profiles of missed targets (py-spy, ftpalg process)", ""]
@@ -255,8 +318,12 @@ def markdown(s: dict[str, Any], images: dict[str, str]) -> str:
             native = "native" in name
             key = "leaf_in" if native and "leaf_in" in prof else "self"
             what = "leaf (syscall) <- innermost Python frame" if key == "leaf_in" else "self time"
-            lines += [f"**{name}** ({prof['samples']} samples, {prof['what']}); top {what}:",
-                      "", "| % of samples | function |", "|---|---|"]  # fmt: skip
+            lines += [
+                f"**{name}** ({prof['samples']} samples, {prof['what']}); top {what}:",
+                "",
+                "| % of samples | function |",
+                "|---|---|",
+            ]
             lines += [f"| {pct:.1f} | `{fn}` |" for fn, pct in prof[key][:10]]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -34,10 +34,22 @@ from bench import charts, idle, machine, paths, phases, procstat, profile, repor
 from ftpalg.lab.servers import make_file
 
 REPO = Path(__file__).resolve().parents[1]
-FULL = {"size_mib": 1024, "runs": 5, "workers": 8, "duration": 5.0, "noops": 2000,
-        "idle_sessions": 10000}  # fmt: skip
-QUICK = {"size_mib": 16, "runs": 1, "workers": 4, "duration": 1.0, "noops": 200,
-         "idle_sessions": 200}  # fmt: skip
+FULL = {
+    "size_mib": 1024,
+    "runs": 5,
+    "workers": 8,
+    "duration": 5.0,
+    "noops": 2000,
+    "idle_sessions": 10000,
+}
+QUICK = {
+    "size_mib": 16,
+    "runs": 1,
+    "workers": 4,
+    "duration": 1.0,
+    "noops": 200,
+    "idle_sessions": 200,
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -73,8 +85,12 @@ def on_tmpfs() -> Iterator[Path]:
 def run(args: argparse.Namespace, cfg: dict[str, Any], scratch: Path) -> dict[str, Any]:
     wanted = [p for p in args.paths.split(",") if p]
     skip = set(args.skip.split(","))
-    raw: dict[str, Any] = {"machine": machine.describe(), "config": cfg, "paths": [],
-                           "unavailable": {}}  # fmt: skip
+    raw: dict[str, Any] = {
+        "machine": machine.describe(),
+        "config": cfg,
+        "paths": [],
+        "unavailable": {},
+    }
     size = cfg["size_mib"] << 20
     t0 = time.monotonic()
     phases.log(f"writing the {cfg['size_mib']} MiB test file on tmpfs")
@@ -99,12 +115,14 @@ def run(args: argparse.Namespace, cfg: dict[str, Any], scratch: Path) -> dict[st
         phases.log(f"paths: {', '.join(raw['paths'])}; unavailable: {raw['unavailable']}")
         if "throughput" not in skip:
             phases.log("bulk throughput")
-            raw["throughput"] = phases.throughput(built, "big.bin", size, digest, cfg["runs"],
-                                                  args.quick, scratch)  # fmt: skip
+            raw["throughput"] = phases.throughput(
+                built, "big.bin", size, digest, cfg["runs"], args.quick, scratch
+            )
         if "sessions" not in skip:
             phases.log("session rate")
-            raw["sessions"] = phases.session_rate(built, cfg["runs"], cfg["workers"],
-                                                  cfg["duration"])  # fmt: skip
+            raw["sessions"] = phases.session_rate(
+                built, cfg["runs"], cfg["workers"], cfg["duration"]
+            )
         if "latency" not in skip:
             phases.log("NOOP latency")
             raw["latency"] = phases.noop_latency(built, cfg["runs"], cfg["noops"])
@@ -128,21 +146,49 @@ def run(args: argparse.Namespace, cfg: dict[str, Any], scratch: Path) -> dict[st
     return raw
 
 
-def profile_misses(summary: dict[str, Any], alg: paths.BenchPath, cfg: dict[str, Any],
-                   scratch: Path, out_dir: Path) -> dict[str, Any]:  # fmt: skip
+def profile_misses(
+    summary: dict[str, Any], alg: paths.BenchPath, cfg: dict[str, Any], scratch: Path, out_dir: Path
+) -> dict[str, Any]:
     missed = {v["target"] for v in summary["verdict"] if v["pass"] is False}
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = {
-        "throughput": ("CPU per GiB", "one EPSV download + upload", lambda: [
-            phases.transfer(alg, "big.bin", cfg["size_mib"] << 20, "", "epsv", up, False,
-                            scratch, 90000 + up) for up in (False, True)]),
-        "sessions": ("session rate", f"{cfg['duration']:g} s of session load",
-                     lambda: phases.load(alg, "sessions", "--workers", str(cfg["workers"]),
-                                         "--duration", str(cfg["duration"]))),
-        "latency": ("NOOP latency", "20000 NOOPs",
-                    lambda: phases.load(alg, "latency", "--count", "20000")),
-    }  # fmt: skip
+        "throughput": (
+            "CPU per GiB",
+            "one EPSV download + upload",
+            lambda: [
+                phases.transfer(
+                    alg,
+                    "big.bin",
+                    cfg["size_mib"] << 20,
+                    "",
+                    "epsv",
+                    up,
+                    False,
+                    scratch,
+                    90000 + up,
+                )
+                for up in (False, True)
+            ],
+        ),
+        "sessions": (
+            "session rate",
+            f"{cfg['duration']:g} s of session load",
+            lambda: phases.load(
+                alg,
+                "sessions",
+                "--workers",
+                str(cfg["workers"]),
+                "--duration",
+                str(cfg["duration"]),
+            ),
+        ),
+        "latency": (
+            "NOOP latency",
+            "20000 NOOPs",
+            lambda: phases.load(alg, "latency", "--count", "20000"),
+        ),
+    }
     if "throughput" in missed or "throughput vs C proxies" in missed:
         missed.add("CPU per GiB")
     profiles = {}
@@ -175,8 +221,9 @@ def write(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"{tag}-{stamp}.json").write_text(json.dumps(raw, indent=1) + "\n")
     default = out / "quick" if args.quick else None
-    summary_path = args.summary or (default / "summary.json" if default else
-                                    REPO / "bench/summary.json")  # fmt: skip
+    summary_path = args.summary or (
+        default / "summary.json" if default else REPO / "bench/summary.json"
+    )
     md_path = args.md or (default / "benchmarks.md" if default else REPO / "docs/benchmarks.md")
     img_dir = args.img_dir or (default / "img" if default else REPO / "docs/img")
     for path in (summary_path, md_path):

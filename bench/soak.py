@@ -42,13 +42,17 @@ def sizes(rng: random.Random, count: int) -> list[int]:
 
 def proc_stats(pid: int) -> tuple[int, int]:
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
-               .splitlines() if line.startswith("VmRSS:"))  # fmt: skip
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
     return fds, rss
 
 
-def one(lab: Lab, srv: FtpServer, files: dict[str, str], rng: random.Random, tmp: Path,
-        n: int) -> str | None:  # fmt: skip
+def one(
+    lab: Lab, srv: FtpServer, files: dict[str, str], rng: random.Random, tmp: Path, n: int
+) -> str | None:
     mode = rng.choice(list(CLIENT_MODES))
     name = rng.choice(sorted(files))
     local = tmp / f"t{n}.bin"
@@ -78,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     with Lab() as lab, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         apply_closed_gateway(lab)
-        servers = [start_server(lab, "vsftpd", lab.addresses.servers_v4[0]),
-                   start_server(lab, "pyftpdlib", lab.addresses.servers_v4[1])]  # fmt: skip
+        servers = [
+            start_server(lab, "vsftpd", lab.addresses.servers_v4[0]),
+            start_server(lab, "pyftpdlib", lab.addresses.servers_v4[1]),
+        ]
         files: dict[str, dict[str, str]] = {}
         for srv in servers:
-            files[srv.kind] = {f"s{i}.bin": make_file(srv.root, f"s{i}.bin", size, seed=i)
-                          for i, size in enumerate(sizes(random.Random(7), 40))}  # fmt: skip
+            files[srv.kind] = {
+                f"s{i}.bin": make_file(srv.root, f"s{i}.bin", size, seed=i)
+                for i, size in enumerate(sizes(random.Random(7), 40))
+            }
         alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21"])
         pid = alg.proc.pid
         seeds = [rng.randrange(1 << 30) for _ in range(args.parallel)]
@@ -119,14 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     fd_drift = (end_stats[0] - start_stats[0]) / start_stats[0]
     rss_drift = (end_stats[1] - start_stats[1]) / start_stats[1]
     report = {
-        "sequential": args.sequential, "parallel": args.parallel,
-        "failures": failures, "seconds_sequential": round(t1 - t0, 1),
+        "sequential": args.sequential,
+        "parallel": args.parallel,
+        "failures": failures,
+        "seconds_sequential": round(t1 - t0, 1),
         "seconds_parallel": round(t2 - t1, 1),
-        "fds_start": start_stats[0], "fds_end": end_stats[0],
-        "rss_kib_start": start_stats[1], "rss_kib_end": end_stats[1],
-        "fd_drift": round(fd_drift, 4), "rss_drift": round(rss_drift, 4),
+        "fds_start": start_stats[0],
+        "fds_end": end_stats[0],
+        "rss_kib_start": start_stats[1],
+        "rss_kib_end": end_stats[1],
+        "fd_drift": round(fd_drift, 4),
+        "rss_drift": round(rss_drift, 4),
         "rss_kib_every_250": trace,
-    }  # fmt: skip
+    }
     print(json.dumps(report, indent=2))
     ok = not failures and abs(fd_drift) <= 0.05 and abs(rss_drift) <= 0.05
     print("soak:", "PASS" if ok else "FAIL")

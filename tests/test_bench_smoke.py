@@ -64,8 +64,13 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     assert all(v["pass"] in (True, False, None) for v in saved["verdict"])
 
     text = md.read_text()
-    for heading in ("# Benchmarks", "## Verdict", "## Bulk throughput", "## Session rate",
-                    "## Idle sessions"):  # fmt: skip
+    for heading in (
+        "# Benchmarks",
+        "## Verdict",
+        "## Bulk throughput",
+        "## Session rate",
+        "## Idle sessions",
+    ):
         assert heading in text
     assert "ftpalg (TPROXY)" in text
     for image in summary["outputs"]["images"]:

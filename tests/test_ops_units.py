@@ -33,10 +33,18 @@ from ftpalg.ops.xferlog import XferLog, format_line
 CLIENT_EP = Endpoint(ip_address("2001:db8::7"), 40001)
 SERVER_EP = Endpoint(ip_address("2001:db8::21"), 21)
 FINISHED = DataEnded(
-    conn=1, mode=DataMode.ACTIVE, bytes_to_client=0, bytes_to_server=77, seconds=2.6,
-    result="reset", user=b"anonymous", command="APPE", path=b"in\x1bcoming/a b.txt", type="A",
+    conn=1,
+    mode=DataMode.ACTIVE,
+    bytes_to_client=0,
+    bytes_to_server=77,
+    seconds=2.6,
+    result="reset",
+    user=b"anonymous",
+    command="APPE",
+    path=b"in\x1bcoming/a b.txt",
+    type="A",
     client=CLIENT_EP,
-)  # fmt: skip
+)
 
 
 def test_xferlog_line() -> None:
@@ -47,8 +55,20 @@ def test_xferlog_line() -> None:
     )
     listing = DataEnded(1, DataMode.PASSIVE, 5, 0, 2.6, "ok", None, "NLST", b"", "I", CLIENT_EP)
     assert format_line(listing, now).split()[5:] == [
-        "3", "2001:db8::7", "5", ".", "b", "_", "o", "r", "*", "ftp", "0", "*", "c",
-    ]  # fmt: skip
+        "3",
+        "2001:db8::7",
+        "5",
+        ".",
+        "b",
+        "_",
+        "o",
+        "r",
+        "*",
+        "ftp",
+        "0",
+        "*",
+        "c",
+    ]
 
 
 def test_xferlog_reports_an_unopenable_path_and_keeps_the_old_file(tmp_path: Path) -> None:

@@ -37,12 +37,19 @@ def test_unit_sandboxing_directives() -> None:
     assert set(unit) == {"Unit", "Service", "Install"}
     service = {key: values[-1] for key, values in unit["Service"].items()}
     expected = {
-        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
-        "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_NETLINK AF_UNIX",
-        "ExecReload": "/bin/kill -HUP $MAINPID", "User": "ftpalg", "LogsDirectory": "ftpalg",
-    }  # fmt: skip
+        "ExecReload": "/bin/kill -HUP $MAINPID",
+        "User": "ftpalg",
+        "LogsDirectory": "ftpalg",
+    }
     assert {k: service.get(k) for k in expected} == expected
     caps = {CAP_NAMES[c] for c in KEEP}  # exactly what --user keeps, no more
     assert set(service["AmbientCapabilities"].split()) == caps

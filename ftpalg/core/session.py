@@ -225,9 +225,17 @@ class Session:
         self._next_listener += 1
         chooser = PortChooser(match.port, self.policy.data_ports, self.rng, self.policy.port_tries)
         self.sides[side].opening = PendingOpen(
-            listener, side, offset, line, match, plan.face, plan.accept_from, plan.target,
-            plan.dial_from, chooser,
-        )  # fmt: skip
+            listener,
+            side,
+            offset,
+            line,
+            match,
+            plan.face,
+            plan.accept_from,
+            plan.target,
+            plan.dial_from,
+            chooser,
+        )
         out.append(OpenListener(listener, plan.face, match.port))
 
     # ---- listeners ----------------------------------------------------------------------
@@ -255,15 +263,21 @@ class Session:
         self.notes.announced()
         deadline = now + self.policy.expect_timeout
         self.expectation = Expectation(
-            ev.listener, match.kind, listen, pending.accept_from, pending.target,
-            pending.dial_from, deadline,
-        )  # fmt: skip
+            ev.listener,
+            match.kind,
+            listen,
+            pending.accept_from,
+            pending.target,
+            pending.dial_from,
+            deadline,
+        )
         out.append(Send(side.other, new_line))
         offset_after = self.ledger[side].offset_after
         out.append(
-            Rewritten(match.kind, pending.line, new_line, listen, pending.target, delta,
-                      offset_after)
-        )  # fmt: skip
+            Rewritten(
+                match.kind, pending.line, new_line, listen, pending.target, delta, offset_after
+            )
+        )
         self._drain(side, now, out)
 
     def _on_listener_failed(self, ev: ListenerFailed, now: float, out: list[Action]) -> None:

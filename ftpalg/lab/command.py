@@ -87,16 +87,31 @@ def build_lab_parser() -> argparse.ArgumentParser:
         "whether each transfer arrived intact, and how fast.",
     )
     add = p.add_argument
-    add("--server", choices=sorted(SERVERS), default="pyftpdlib",
-        help="FTP server in the server namespace (default pyftpdlib)")  # fmt: skip
-    add("--size", type=parse_size, default=DEFAULT_SIZE, metavar="BYTES",
-        help="size of every transfer: bytes, or with k/M/G (default 8M)")  # fmt: skip
-    add("--kernel", action="store_true",
+    add(
+        "--server",
+        choices=sorted(SERVERS),
+        default="pyftpdlib",
+        help="FTP server in the server namespace (default pyftpdlib)",
+    )
+    add(
+        "--size",
+        type=parse_size,
+        default=DEFAULT_SIZE,
+        metavar="BYTES",
+        help="size of every transfer: bytes, or with k/M/G (default 8M)",
+    )
+    add(
+        "--kernel",
+        action="store_true",
         help="also run the matrix through the kernel's nf_conntrack_ftp + nf_nat_ftp and "
-        "show both results side by side")  # fmt: skip
+        "show both results side by side",
+    )
     add("--quick", action="store_true", help="curl modes only (a smaller matrix)")
-    add("--keep", action="store_true",
-        help="leave the lab up after the table until Ctrl-C; print how to enter it")  # fmt: skip
+    add(
+        "--keep",
+        action="store_true",
+        help="leave the lab up after the table until Ctrl-C; print how to enter it",
+    )
     return p
 
 
@@ -158,8 +173,11 @@ def lab_main(argv: list[str]) -> int:
         print(f"ftpalg lab: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if os.geteuid() != 0:
-        print("ftpalg lab: must run as root (it creates network namespaces and nftables "
-              "rules); try: sudo make lab", file=sys.stderr)  # fmt: skip
+        print(
+            "ftpalg lab: must run as root (it creates network namespaces and nftables "
+            "rules); try: sudo make lab",
+            file=sys.stderr,
+        )
         return EXIT_FAIL
     tools = ["curl"] if args.quick else ["curl", "lftp"]
     problem = lab_unavailable_reason() or (
@@ -221,8 +239,9 @@ def _run(
                 for line in failure_context(servers[case.version], alg):
                     progress.note("    " + line)
 
-        return matrix.run_matrix(lab, path, servers, digests, args.size, all_cases, commands,
-                                 report)  # fmt: skip
+        return matrix.run_matrix(
+            lab, path, servers, digests, args.size, all_cases, commands, report
+        )
 
     if args.kernel:
         progress.step("gateway: kernel path (ct helper ftp + masquerade, forward policy drop)")
@@ -269,17 +288,20 @@ def keep_text(lab: Lab, servers: dict[int, FtpServer], alg_log: str) -> str:
     srv = servers[4]
     login = f"-u {srv.user}:{srv.password} " if srv.user else ""
     names = " ".join(ns.values())
-    return "\n".join([
-        "",
-        f"The lab {lab.id} is up; ftpalg runs in the gateway. Press Ctrl-C here to tear it down.",
-        f"  client  ({a.client_v4}, {a.client_v6}):  ip netns exec {ns['cli']} bash",
-        f"  gateway ({a.gw_inside_v4} | {a.gw_outside_v4}):  ip netns exec {ns['gw']} bash",
-        f"  server  ({srv.kind} on {srv.address}, {servers[6].address}):  "
-        f"ip netns exec {ns['srv']} bash",
-        f"  try:     ip netns exec {ns['cli']} curl {login}-o /dev/null "
-        f"ftp://{srv.address}/{matrix.FILE_NAME}",
-        f"  look:    ip netns exec {ns['gw']} nft list ruleset; tail -f {alg_log}",
-        f"  if this process dies without tearing down:  for n in {names}; do "
-        "ip netns pids $n | xargs -r kill; ip netns delete $n; done",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "",
+            f"The lab {lab.id} is up; ftpalg runs in the gateway."
+            " Press Ctrl-C here to tear it down.",
+            f"  client  ({a.client_v4}, {a.client_v6}):  ip netns exec {ns['cli']} bash",
+            f"  gateway ({a.gw_inside_v4} | {a.gw_outside_v4}):  ip netns exec {ns['gw']} bash",
+            f"  server  ({srv.kind} on {srv.address}, {servers[6].address}):  "
+            f"ip netns exec {ns['srv']} bash",
+            f"  try:     ip netns exec {ns['cli']} curl {login}-o /dev/null "
+            f"ftp://{srv.address}/{matrix.FILE_NAME}",
+            f"  look:    ip netns exec {ns['gw']} nft list ruleset; tail -f {alg_log}",
+            f"  if this process dies without tearing down:  for n in {names}; do "
+            "ip netns pids $n | xargs -r kill; ip netns delete $n; done",
+            "",
+        ]
+    )

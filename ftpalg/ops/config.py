@@ -43,9 +43,17 @@ from ftpalg.ops.values import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "Endpoint", "HostPort", "build_config", "build_parser", "load_toml",
-    "parse_endpoint", "parse_host_port", "parse_port_range",
-]  # fmt: skip
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "HostPort",
+    "build_config",
+    "build_parser",
+    "load_toml",
+    "parse_endpoint",
+    "parse_host_port",
+    "parse_port_range",
+]
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -221,24 +229,47 @@ _INT_FLAGS = {  # flag: (metavar, help)
     "route_table": ("N", "routing table holding the TPROXY local routes (default 100)"),
 }
 _OPS_FLAGS = {  # flag: (metavar, parser, help)
-    "metrics": ("HOST:PORT", parse_endpoint, "serve Prometheus metrics on "
-                "http://HOST:PORT/metrics (default: off)"),
-    "xferlog": ("FILE", check_path, "append one xferlog-format line per data transfer "
-                "(default: off)"),
-    "user": ("NAME", check_user, "after the root-only set-up, run as this user with only "
-             "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (default: stay as started)"),
-}  # fmt: skip
+    "metrics": (
+        "HOST:PORT",
+        parse_endpoint,
+        "serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    ),
+    "xferlog": (
+        "FILE",
+        check_path,
+        "append one xferlog-format line per data transfer (default: off)",
+    ),
+    "user": (
+        "NAME",
+        check_user,
+        "after the root-only set-up, run as this user with only "
+        "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (default: stay as started)",
+    ),
+}
 _SWITCHES = {  # flag: (dest, value, help)
     "--loose": ("loose", True, "trust a third-party address in PORT/EPRT/227 (kernel loose=1)"),
-    "--strict": ("loose", False, "PORT/EPRT must name the client (else 500), a 227 is taken to "
-                 "mean the server itself; the default, overrides loose = true in the file"),
-    "--allow-low-data-ports": ("allow_low_data_ports", True,
-                               "accept data ports below 1024 in PORT/EPRT and --data-ports"),
-    "--source-transparent": ("source_transparent", True,
-                             "connect to the server from the client's own address"),
-    "--no-kernel-setup": ("kernel_setup", False, "do not install TPROXY routes and the "
-                          "nftables table (the operator manages them)"),
-}  # fmt: skip
+    "--strict": (
+        "loose",
+        False,
+        "PORT/EPRT must name the client (else 500), a 227 is taken to "
+        "mean the server itself; the default, overrides loose = true in the file",
+    ),
+    "--allow-low-data-ports": (
+        "allow_low_data_ports",
+        True,
+        "accept data ports below 1024 in PORT/EPRT and --data-ports",
+    ),
+    "--source-transparent": (
+        "source_transparent",
+        True,
+        "connect to the server from the client's own address",
+    ),
+    "--no-kernel-setup": (
+        "kernel_setup",
+        False,
+        "do not install TPROXY routes and the nftables table (the operator manages them)",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")
     for name, (metavar, conv, help_) in _OPS_FLAGS.items():
         add("--" + name, metavar=metavar, type=_arg(conv), help=help_)
-    add("--check-config", action="store_true", help="check the configuration (file and "
-        "flags), print one line, exit 0 (valid) or 2 (invalid)")  # fmt: skip
+    add(
+        "--check-config",
+        action="store_true",
+        help="check the configuration (file and "
+        "flags), print one line, exit 0 (valid) or 2 (invalid)",
+    )
     for name, (text, default) in _SECONDS_FLAGS.items():
         check = _SPECS[name].check
         help_ = f"{text}, in seconds (default {default})"

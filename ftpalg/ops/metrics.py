@@ -107,8 +107,11 @@ class Metrics:
         self.sessions_active = gauge("sessions_active", "Open control sessions", "mode")
         self.sessions = counter("sessions", "Control sessions opened", "mode")
         self.rewrites = counter("rewrites", "PORT/EPRT/227/229 lines rewritten", "kind")
-        self.refusals = counter("refusals", "Refused commands, replies, data connections "
-                                "and sessions, by reason", "reason")  # fmt: skip
+        self.refusals = counter(
+            "refusals",
+            "Refused commands, replies, data connections and sessions, by reason",
+            "reason",
+        )
         self.pending = gauge("expectations_pending", "Announced data endpoints not yet used")
         self.expectations = counter(
             "expectations",
@@ -221,8 +224,10 @@ class MetricsServer:
                 status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
             else:
                 status, body, ctype = "200 OK", self.metrics.exposition(), CONTENT_TYPE_LATEST
-            head_out = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+            head_out = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
             writer.write(head_out.encode() + (b"" if method == b"HEAD" else body))
             await writer.drain()
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):

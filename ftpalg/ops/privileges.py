@@ -47,8 +47,11 @@ class _Header(ctypes.Structure):
 
 
 class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]  # fmt: skip
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,8 +121,10 @@ def _verify(uid: int) -> None:
     uids = {int(x) for x in status["Uid"].split()}
     caps = {k: int(status[k], 16) for k in ("CapEff", "CapPrm", "CapAmb", "CapBnd")}
     if uids != {uid} or any(v != KEEP_MASK for v in caps.values()):
-        raise PrivilegeError(f"privileges not dropped as expected: Uid {status['Uid']}, "
-                             + ", ".join(f"{k} {v:016x}" for k, v in caps.items()))  # fmt: skip
+        raise PrivilegeError(
+            f"privileges not dropped as expected: Uid {status['Uid']}, "
+            + ", ".join(f"{k} {v:016x}" for k, v in caps.items())
+        )
     try:
         os.setuid(0)
     except PermissionError:

@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Differential test of ftpalg against the kernel's nf_nat_ftp.",
     )
     ap.add_argument("--output", type=Path, help="write the Markdown report here")
-    ap.add_argument("--window", type=float, default=2.0,
-                    help="seconds to wait for a case's result (default 2)")  # fmt: skip
+    ap.add_argument(
+        "--window", type=float, default=2.0, help="seconds to wait for a case's result (default 2)"
+    )
     ap.add_argument("--no-ledger", action="store_true", help="skip the seq-ledger capture")
     args = ap.parse_args(argv)
     try:
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in run.failures:
         print(f"parity: {r.case.id}: {r.verdict} {r.detail}", file=sys.stderr)
     if run.ledger is not None and not run.ledger.ok:
-        print(f"parity: ledger: kernel {run.ledger.kernel} ftpalg {run.ledger.ftpalg} "
-              f"{run.ledger.problems}", file=sys.stderr)  # fmt: skip
+        print(
+            f"parity: ledger: kernel {run.ledger.kernel} ftpalg {run.ledger.ftpalg} "
+            f"{run.ledger.problems}",
+            file=sys.stderr,
+        )
     n = len(run.results)
     print(f"parity: {n} cases, {len(run.failures)} failed", file=sys.stderr)
     return 0 if run.ok else 1

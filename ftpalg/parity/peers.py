@@ -22,23 +22,43 @@ from ftpalg.lab.netns import Lab, LabError
 from ftpalg.parity.verdict import Observation
 
 
-def run_peers(lab: Lab, workdir: Path, tag: str, cases: list[dict[str, Any]],
-              window: float) -> dict[str, Observation]:  # fmt: skip
+def run_peers(
+    lab: Lab, workdir: Path, tag: str, cases: list[dict[str, Any]], window: float
+) -> dict[str, Observation]:
     """Run cases (JSON form) through whatever the gateway does now; one observation each."""
     a = lab.addresses
     corpus = workdir / f"corpus-{tag}.json"
-    corpus.write_text(json.dumps({
-        "server_v4": str(a.server_v4), "server_v6": str(a.server_v6), "cases": cases,
-    }))  # fmt: skip
+    corpus.write_text(
+        json.dumps(
+            {
+                "server_v4": str(a.server_v4),
+                "server_v6": str(a.server_v6),
+                "cases": cases,
+            }
+        )
+    )
     py = sys.executable
-    server = lab.popen("srv", [py, "-m", "ftpalg.parity.server", str(corpus)],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    server = lab.popen(
+        "srv",
+        [py, "-m", "ftpalg.parity.server", str(corpus)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdout is not None
     if server.stdout.readline().strip() != "ready":
         raise LabError("the scripted server did not start")
     try:
-        argv = [py, "-m", "ftpalg.parity.client", str(corpus), "--tag", tag,
-                "--window", f"{window:g}"]  # fmt: skip
+        argv = [
+            py,
+            "-m",
+            "ftpalg.parity.client",
+            str(corpus),
+            "--tag",
+            tag,
+            "--window",
+            f"{window:g}",
+        ]
         client = lab.run("cli", argv, timeout=60 + 4 * window * (1 + len(cases) // 32))
         if client.returncode != 0:
             raise LabError(f"the scripted client failed: {client.stderr.strip()[-2000:]}")

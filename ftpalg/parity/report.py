@@ -76,25 +76,31 @@ def render_markdown(run: ParityRun, command: str = COMMAND) -> str:
         "server case shows what the client received.",
         "",
         f"**{len(run.results)} cases**: {per_class}. "
-        + (f"**{len(failed)} failed**: " + ", ".join(r.case.id for r in failed) + "."
-           if failed else "All passed (0 mirror mismatches)."),
+        + (
+            f"**{len(failed)} failed**: " + ", ".join(r.case.id for r in failed) + "."
+            if failed
+            else "All passed (0 mirror mismatches)."
+        ),
         "",
         *ledger_section(run),
         "## Cases",
         "",
         "| case | class | input | kernel delivered | ftpalg delivered | verdict |",
         "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in run.results:
         c = r.case
-        name = c.id + (" (v6)" if c.v6 else "") + (" (low ports allowed)" if c.config == "low"
-                                                     else "")  # fmt: skip
+        name = (
+            c.id + (" (v6)" if c.v6 else "") + (" (low ports allowed)" if c.config == "low" else "")
+        )
         direction = "C→S" if c.side == "client" else "S→C"
         inputs = " + ".join(cell(s) for s in c.segments)
         verdict = r.verdict + (f": {r.detail}" if r.detail else "")
         note = f" <br>{c.note}" if c.note else ""
-        lines.append(f"| {name}{note} | {c.cls} | {direction} {inputs} | "
-                     f"{shown(r, r.kernel)} | {shown(r, r.ftpalg)} | {verdict} |")  # fmt: skip
+        lines.append(
+            f"| {name}{note} | {c.cls} | {direction} {inputs} | "
+            f"{shown(r, r.kernel)} | {shown(r, r.ftpalg)} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +121,7 @@ def ledger_section(run: ParityRun) -> list[str]:
         f"- kernel record (correction_pos, offset_before, offset_after): {led.kernel}",
         f"- ftpalg `ledger[Side.CLIENT]`: {led.ftpalg} — **{verdict}**",
         f"- `map_seq` reproduced {led.seq_checked} client segments, `map_ack` "
-        f"{led.ack_checked} server ACKs" + ("" if not led.problems else ": " + "; ".join(
-            led.problems)),
+        f"{led.ack_checked} server ACKs"
+        + ("" if not led.problems else ": " + "; ".join(led.problems)),
         "",
-    ]  # fmt: skip
+    ]

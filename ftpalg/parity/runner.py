@@ -50,8 +50,9 @@ class ParityRun:
         return not self.failures and (self.ledger is None or self.ledger.ok)
 
 
-def _run_ftpalg(lab: Lab, workdir: Path, rendered: list[Rendered],
-                window: float) -> dict[str, Observation]:  # fmt: skip
+def _run_ftpalg(
+    lab: Lab, workdir: Path, rendered: list[Rendered], window: float
+) -> dict[str, Observation]:
     apply_closed_gateway(lab)
     # Forget the kernel path's connections: a stale conntrack entry (RST'd cases stay in
     # CLOSE for 10 s) still carries its NAT binding, and a client reusing its source port

@@ -59,8 +59,20 @@ def _record(led: SeqCorrection) -> Record:
 
 
 def _capture(lab: Lab, ifname: str, path: Path) -> subprocess.Popen[Any]:
-    argv = ["tcpdump", "-i", ifname, "-w", str(path), "-U", "-n", "-s", "0", "-Z", "root",
-            "tcp port 21"]  # fmt: skip
+    argv = [
+        "tcpdump",
+        "-i",
+        ifname,
+        "-w",
+        str(path),
+        "-U",
+        "-n",
+        "-s",
+        "0",
+        "-Z",
+        "root",
+        "tcp port 21",
+    ]
     proc = lab.popen("gw", argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -81,11 +93,19 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 def check_ledger(lab: Lab, workdir: Path, window: float) -> LedgerResult:
     a = lab.addresses
     values = variables(a, LEDGER_PORT)
-    case = {"id": "ledger", "side": "client", "v6": False, "wait": True, "trigger": "",
-            "segments": [fill(s, values).decode("latin-1") for s in STEPS]}  # fmt: skip
+    case = {
+        "id": "ledger",
+        "side": "client",
+        "v6": False,
+        "wait": True,
+        "trigger": "",
+        "segments": [fill(s, values).decode("latin-1") for s in STEPS],
+    }
     inside, outside = workdir / "inside.pcap", workdir / "outside.pcap"
-    caps = [_capture(lab, lab.ifnames.gw_inside, inside),
-            _capture(lab, lab.ifnames.gw_outside, outside)]  # fmt: skip
+    caps = [
+        _capture(lab, lab.ifnames.gw_inside, inside),
+        _capture(lab, lab.ifnames.gw_outside, outside),
+    ]
     try:
         obs = run_peers(lab, workdir, "L", [case], window)["ledger"]
     finally:
@@ -93,12 +113,12 @@ def check_ledger(lab: Lab, workdir: Path, window: float) -> LedgerResult:
             _stop(proc)
     if obs.error:
         raise LabError(f"ledger run failed: {obs.error}")
-    return compare(read_pcap(inside), read_pcap(outside), a.client_v4, a.server_v4,
-                   a.gw_outside_v4)  # fmt: skip
+    return compare(read_pcap(inside), read_pcap(outside), a.client_v4, a.server_v4, a.gw_outside_v4)
 
 
-def _flow(packets: list[TcpPacket], client: IPv4Address, server: IPv4Address) -> tuple[
-        list[TcpPacket], list[TcpPacket]]:  # fmt: skip
+def _flow(
+    packets: list[TcpPacket], client: IPv4Address, server: IPv4Address
+) -> tuple[list[TcpPacket], list[TcpPacket]]:
     c2s = [p for p in packets if p.src == client and p.dst == server and p.dport == 21]
     s2c = [p for p in packets if p.src == server and p.dst == client and p.sport == 21]
     return c2s, s2c
@@ -115,15 +135,23 @@ def _data(packets: list[TcpPacket], isn: int) -> list[tuple[int, TcpPacket]]:
     return out
 
 
-def compare(inside: list[TcpPacket], outside: list[TcpPacket], client: IPv4Address,
-            server: IPv4Address, gw: IPv4Address) -> LedgerResult:  # fmt: skip
+def compare(
+    inside: list[TcpPacket],
+    outside: list[TcpPacket],
+    client: IPv4Address,
+    server: IPv4Address,
+    gw: IPv4Address,
+) -> LedgerResult:
     in_c2s, in_s2c = _flow(inside, client, server)
     out_c2s, out_s2c = _flow(outside, gw, server)
     syn_in = next(p for p in in_c2s if p.flags & SYN)
     syn_out = next(p for p in out_c2s if p.flags & SYN)
     seg_in, seg_out = _data(in_c2s, syn_in.seq), _data(out_c2s, syn_out.seq)
-    problems = [] if len(seg_in) == len(seg_out) else [
-        f"{len(seg_in)} client segments inside, {len(seg_out)} outside"]  # fmt: skip
+    problems = (
+        []
+        if len(seg_in) == len(seg_out)
+        else [f"{len(seg_in)} client segments inside, {len(seg_out)} outside"]
+    )
     pairs = list(zip(seg_in, seg_out, strict=False))
     shifts = [(ri, ro - ri) for (ri, _), (ro, _) in pairs]
     changed = [
@@ -142,7 +170,7 @@ def compare(inside: list[TcpPacket], outside: list[TcpPacket], client: IPv4Addre
         server_face=Endpoint(server, 21),
         client_face=Endpoint(gw, syn_out.sport),
     )
-    session = Session(faces, CorePolicy(), now=0.0, rng=random.Random(1))  # fmt: skip
+    session = Session(faces, CorePolicy(), now=0.0, rng=random.Random(1))
     states: list[tuple[float, SeqCorrection]] = []  # ledger after each client segment
     for (rel, p_in), (_, p_out) in pairs:
         sent = _feed(session, p_in.payload)

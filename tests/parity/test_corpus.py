@@ -68,10 +68,18 @@ def test_verdicts() -> None:
 def _pcap(path: Path, packets: list[TcpPacket]) -> None:
     out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
     for p in packets:
-        tcp = struct.pack("!HHIIHHHH", p.sport, p.dport, p.seq, p.ack, (5 << 12) | p.flags,
-                          65535, 0, 0) + p.payload  # fmt: skip
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
-                         p.src.packed, p.dst.packed) + tcp  # fmt: skip
+        tcp = (
+            struct.pack(
+                "!HHIIHHHH", p.sport, p.dport, p.seq, p.ack, (5 << 12) | p.flags, 65535, 0, 0
+            )
+            + p.payload
+        )
+        ip = (
+            struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, p.src.packed, p.dst.packed
+            )
+            + tcp
+        )
         frame = b"\x00" * 12 + b"\x08\x00" + ip
         sec, usec = int(p.ts), int((p.ts % 1) * 1e6)
         out += struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame
@@ -87,10 +95,14 @@ def test_pcap_reader_and_ledger_derivation(tmp_path: Path) -> None:
     )
     lines = [b"USER x\r\n", b"PORT 10,123,1,2,238,72\r\n", b"NOOP\r\n"]
     isn, sisn = 1000, 5000
-    inside = [TcpPacket(0.0, cli, srv, 40000, 21, isn, 0, SYN, b""),
-              TcpPacket(0.01, srv, cli, 21, 40000, sisn, isn + 1, SYN | ACK, b"")]  # fmt: skip
-    outside = [TcpPacket(0.0, gw, srv, 40000, 21, isn, 0, SYN, b""),
-               TcpPacket(0.01, srv, gw, 21, 40000, sisn, isn + 1, SYN | ACK, b"")]  # fmt: skip
+    inside = [
+        TcpPacket(0.0, cli, srv, 40000, 21, isn, 0, SYN, b""),
+        TcpPacket(0.01, srv, cli, 21, 40000, sisn, isn + 1, SYN | ACK, b""),
+    ]
+    outside = [
+        TcpPacket(0.0, gw, srv, 40000, 21, isn, 0, SYN, b""),
+        TcpPacket(0.01, srv, gw, 21, 40000, sisn, isn + 1, SYN | ACK, b""),
+    ]
     seq, shift, t = isn + 1, 0, 1.0
     for line in lines:
         out_line = line.replace(b"10,123,1,2", b"203,0,113,1")
