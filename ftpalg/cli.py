@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from ftpalg.ops.config import ConfigError, build_config
 
 EXIT_CONFIG = 2
-EXIT_RUNTIME = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,13 +43,3 @@ class Expectation:
     target: Endpoint
     dial_from: Address
     deadline: float
-
-
-@dataclass(frozen=True, slots=True)
-class DataConnection:
-    kind: Kind
-
-    @property
-    def active(self) -> bool:
-        """Active mode (PORT/EPRT): the server connected to us, we dialed the client."""
-        return self.kind.from_client

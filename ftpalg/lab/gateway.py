@@ -96,11 +96,6 @@ def redirect_ruleset(lab: Lab, port: int) -> str:
     return _replace_table(body)
 
 
-def remove_ruleset() -> str:
-    """Text that deletes the lab table (no error if it is absent)."""
-    return f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
-
-
 def apply_kernel_nat(lab: Lab, helper: bool = True) -> None:
     lab.nft("gw", kernel_nat_ruleset(lab, helper=helper))
 
