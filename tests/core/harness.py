@@ -1,4 +1,5 @@
-"""Helpers for driving a core Session in tests: faces, a simple outcome classifier."""
+"""Helpers for driving a core Session in tests: faces, a scripted random source, a simple
+outcome classifier."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from ipaddress import ip_address
 from ftpalg.core.messages import (
     Action,
     Endpoint,
+    Faces,
     ListenerOpened,
-    Log,
     OpenListener,
     Send,
     Side,
 )
+from ftpalg.core.observations import Observation
 from ftpalg.core.policy import CorePolicy
-from ftpalg.core.session import Faces, Session
+from ftpalg.core.session import Session
 from ftpalg.core.wire import Address
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
@@ -41,12 +43,38 @@ FACES_V6 = Faces(
     server_face=ep("[2001:db8:2::10]:21"),
     client_face=ep("[2001:db8:2::1]:40000"),
 )
+# a 4-to-6 gateway: an IPv4 client, an IPv6 server (PORT cannot carry the client's face)
+FACES_4TO6 = Faces(
+    client=ep("172.20.9.84:4666"),
+    server=ep("[2001:db8:2::10]:21"),
+    server_face=ep("198.51.100.80:21"),
+    client_face=ep("[2001:db8:2::1]:4666"),
+)
+# a 6-to-4 gateway: an IPv6 client, an IPv4 server (227 cannot carry the server's face)
+FACES_6TO4 = Faces(
+    client=ep("[2001:db8::1]:40000"),
+    server=ep("172.20.9.80:21"),
+    server_face=ep("[2001:db8:1::80]:21"),
+    client_face=ep("203.0.113.5:40000"),
+)
 
 
 def new_session(
     faces: Faces = FACES_V4, policy: CorePolicy | None = None, seed: int = 1
 ) -> Session:
     return Session(faces, policy or CorePolicy(), now=0.0, rng=random.Random(seed))
+
+
+class ScriptedRandom:
+    """A RandomSource that returns the given numbers in order (the ports a retry tries)."""
+
+    def __init__(self, *numbers: int) -> None:
+        self.numbers = list(numbers)
+
+    def randrange(self, start: int, stop: int, /) -> int:
+        number = self.numbers.pop(0)
+        assert start <= number < stop, (number, start, stop)
+        return number
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,7 @@ def outcome(side: Side, line: bytes, faces: Faces = FACES_V4, policy: CorePolicy
         assert len(to_client) == 1
         return Outcome("reply", to_client[0])
     assert to_other == [line], actions
-    warned = any(isinstance(a, Log) and a.level == "warning" for a in actions)
+    warned = any(isinstance(a, Observation) and a.level == "warning" for a in actions)
     return Outcome("forward-logged" if warned else "forward", line)
 
 
