@@ -1,83 +1,98 @@
-"""Property tests: arbitrary bytes never raise out of a session; framing is invisible
-(whole vs byte-at-a-time feeding); only the rewritten span of a line ever changes."""
+"""Property tests: generated runs keep every invariant of tests/core/invariants.py (the
+checker the fuzz target uses too), and framing is invisible (whole vs byte-at-a-time)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftpalg.core.messages import Action, ListenerOpened, OpenListener, Send, Side
-from ftpalg.core.wire import Match, parse_client_line, parse_server_line
-from tests.core.harness import CLIENT, SERVER, new_session
+from ftpalg.core.messages import Action, Side
+from tests.core.driver import (
+    CLIENT_LINES,
+    SERVER_LINES,
+    Accept,
+    Bind,
+    Close,
+    Connected,
+    Fail,
+    Feed,
+    Finish,
+    Op,
+    Run,
+    Setup,
+    Tick,
+    Wait,
+    run,
+)
+from tests.core.harness import CLIENT, SERVER
 
-LINE_PIECES = st.sampled_from(
-    [b"PORT 172,20,9,84,18,67\r\n", b"EPRT |1|172.20.9.84|4675|\r\n", b"USER a\r\n",
-     b"227 Entering Passive Mode (172,20,9,80,19,137).\r\n", b"229 (|||6446|)\r\n",
-     b"PORT 1,2,3\r\n", b"227 Logout.\r\n", b"\r\n", b"\n", b"PORT ", b"227 ", b"\xff\xf4"]
-)  # fmt: skip
-OWN_REPLIES = (b"421 ", b"425 ", b"500 ", b"501 ")
-STREAM = st.lists(st.one_of(LINE_PIECES, st.binary(max_size=40)), max_size=12).map(b"".join)
+SETUPS = st.builds(
+    Setup,
+    faces=st.integers(0, 3),
+    loose=st.booleans(),
+    allow_low_data_ports=st.booleans(),
+    max_line=st.sampled_from([64, 4096]),
+    port_tries=st.integers(0, 4),
+    auto_bind=st.booleans(),
+    seed=st.integers(0, 3),
+)
+DELTAS = st.sampled_from([0.0, 0.5, 5.0, 19.9, 20.0, 29.0, 30.0, 60.0, 99.0, 100.0, 250.0])
+OTHER_OPS: st.SearchStrategy[Op] = st.one_of(
+    st.builds(Feed, st.sampled_from([CLIENT, SERVER]), st.just(b"")),
+    st.builds(Bind, st.integers(0, 3), st.sampled_from([None, None, 50002, 1025])),
+    st.builds(Fail, st.integers(0, 3)),
+    st.builds(Accept, st.integers(0, 2), st.integers(0, 2), st.sampled_from([20, 40001])),
+    st.builds(Connected, st.integers(0, 3)),
+    st.builds(Finish, st.integers(0, 3), st.integers(0, 9999), st.integers(0, 99), st.booleans()),
+    st.builds(Tick, DELTAS, st.booleans()),
+    st.builds(Wait, DELTAS),
+    st.builds(Close, st.booleans()),
+)
 
 
-def run(chunks: list[tuple[Side, bytes]], eof: bool = False) -> list[Action]:
-    """Feed chunks; auto-bind every requested listener on the port asked for."""
-    s = new_session()
-    out: list[Action] = []
-    pending = list(chunks)
-    while pending:
-        side, data = pending.pop(0)
-        if not data and not eof:
-            continue
-        acts = s.receive(side, data, 0.0)
-        while True:
-            out.extend(acts)
-            opens = [a for a in acts if isinstance(a, OpenListener)]
-            if not opens:
-                break
-            acts = s.handle(ListenerOpened(opens[-1].listener, opens[-1].port), 0.0)
-    return out
+def stream(side: Side) -> st.SearchStrategy[bytes]:
+    lines = CLIENT_LINES if side is CLIENT else SERVER_LINES
+    piece = st.one_of(st.sampled_from(lines), st.binary(max_size=12), st.just(b"\0"))
+    return st.lists(piece, max_size=8).map(b"".join)
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> tuple[Setup, list[Op]]:
+    """Both sides' streams cut into chunks anywhere, interleaved with the other events."""
+    streams = {side: bytearray(draw(stream(side))) for side in Side}
+    ops: list[Op] = []
+    for _ in range(draw(st.integers(0, 24))):
+        side = draw(st.sampled_from([CLIENT, SERVER]))
+        if streams[side] and draw(st.booleans()):
+            cut = draw(st.integers(1, len(streams[side])))
+            ops.append(Feed(side, bytes(streams[side][:cut])))
+            del streams[side][:cut]
+        else:
+            ops.append(draw(OTHER_OPS))
+    ops += [Feed(side, bytes(rest)) for side, rest in streams.items() if rest]
+    return draw(SETUPS), ops
+
+
+@settings(max_examples=400, deadline=None)
+@given(runs())
+def test_generated_runs_keep_every_invariant(setup_and_ops: tuple[Setup, list[Op]]) -> None:
+    setup, ops = setup_and_ops
+    run(setup, ops)  # the checker raises InvariantViolation on the first broken step
+
+
+def feed_all(setup: Setup, chunks: list[tuple[Side, bytes]]) -> list[Action]:
+    r = Run(setup)
+    for side, data in chunks:
+        if data:  # b"" would be an EOF
+            r.op(Feed(side, data))
+    return [action for _, _, actions in r.trace for action in actions]
 
 
 @settings(max_examples=300, deadline=None)
-@given(client=STREAM, server=STREAM)
-def test_whole_vs_byte_at_a_time(client: bytes, server: bytes) -> None:
-    whole = run([(CLIENT, client), (SERVER, server)])
+@given(client=stream(CLIENT), server=stream(SERVER), faces=st.integers(0, 3))
+def test_whole_vs_byte_at_a_time(client: bytes, server: bytes, faces: int) -> None:
+    setup = Setup(faces=faces, auto_bind=True)
+    whole = feed_all(setup, [(CLIENT, client), (SERVER, server)])
     singles = [(CLIENT, client[i : i + 1]) for i in range(len(client))]
     singles += [(SERVER, server[i : i + 1]) for i in range(len(server))]
-    assert run(singles) == whole
-
-
-@settings(max_examples=300, deadline=None)
-@given(client=STREAM, server=STREAM, eof=st.booleans())
-def test_never_raises_and_only_spans_change(client: bytes, server: bytes, eof: bool) -> None:
-    chunks = [(CLIENT, client), (SERVER, server)]
-    if eof:
-        chunks += [(CLIENT, b""), (SERVER, b"")]
-    out = run(chunks, eof)
-    forwarded = {
-        side: [a.data for a in out if isinstance(a, Send) and a.side is side.other]
-        for side in (CLIENT, SERVER)
-    }
-    for side, stream in ((CLIENT, client), (SERVER, server)):
-        lines = lf_lines(stream)
-        for sent in forwarded[side]:
-            if sent in lines or any(line.startswith(sent) for line in lines):
-                continue  # unchanged line (or the unterminated rest at EOF)
-            if side is SERVER and sent.startswith(OWN_REPLIES):
-                continue  # ftpalg's own reply to the client, not a forwarded line
-            # a rewritten line: some input line equals it outside the matched span
-            parse = parse_client_line if side is CLIENT else parse_server_line
-            assert any(_same_outside_span(line, sent, parse(line)) for line in lines), sent
-
-
-def lf_lines(stream: bytes) -> list[bytes]:
-    """Lines as the framer sees them: ending at LF only (CR is an ordinary byte)."""
-    parts = stream.split(b"\n")
-    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-
-
-def _same_outside_span(line: bytes, sent: bytes, parsed: object) -> bool:
-    if not isinstance(parsed, Match):
-        return False
-    head, tail = line[: parsed.start], line[parsed.end :]
-    return sent.startswith(head) and sent.endswith(tail)
+    assert feed_all(setup, singles) == whole

@@ -3,7 +3,10 @@
     .venv/bin/pip install atheris
     .venv/bin/python -m tests.fuzz.fuzz_core -atheris_runs=1000000
 
-The invariant lives in tests/fuzz/target.py; seeds are address lines of every kind.
+tests/fuzz/target.py reads each input as a program of session events (both sides' bytes,
+listeners bound or failing, data connections, timers, EOFs, CloseRequested); every step is
+checked by the invariant checker shared with the property tests (tests/core/invariants.py),
+whose InvariantViolation is the crash atheris reports.
 """
 
 from __future__ import annotations

@@ -1,82 +1,79 @@
-"""The fuzz target for the core: one invariant, checked on every input.
+"""The fuzz target for the core: bytes in, a checked session run out.
 
-An input is split into chunks, each sent by the client or the server side (the first byte
-of each chunk chooses), every listener the core asks for is "bound" on the port it asked
-for, and the session ends with EOF from both sides. Whatever the bytes, the session must
-not raise, must never forward a NUL, must send nothing to a side after passing it an EOF,
-and every line it forwards must be an input line,
-a prefix of one (the unterminated rest at EOF), ftpalg's own reply to the client, or an
-input line changed only inside the span its parser reported.
+The input is read as a small program for tests/core/driver.py. The first byte is the setup
+(faces: IPv4, IPv6, 4-to-6 or 6-to-4; strict or loose; low data ports allowed; a 64-byte
+line limit; listeners bound at once; 1-4 port tries). Then each byte is an operation (low
+nibble) with an argument (high nibble): bytes from the client or the server (the argument
+gives the length of the chunk that follows), an EOF, a listener bound or failing, a data
+connection from the expected peer, the other peer or a stranger, a dial connected or
+finished, time passing with or without the timer, a CloseRequested. Every step is checked
+by the shared invariant checker (tests/core/invariants.py): order, loss, duplication, the
+exact rewrite, ftpalg's own replies, nothing after ShutdownWrite or CloseSession, timers.
 """
 
 from __future__ import annotations
 
-import random
+from tests.core.driver import (
+    Accept,
+    Bind,
+    Close,
+    Connected,
+    Fail,
+    Feed,
+    Finish,
+    Op,
+    Run,
+    Setup,
+    Tick,
+    Wait,
+    run,
+)
+from tests.core.harness import CLIENT, SERVER
 
-from ftpalg.core.messages import Action, ListenerOpened, OpenListener, Send, ShutdownWrite, Side
-from ftpalg.core.policy import CorePolicy
-from ftpalg.core.session import Session
-from ftpalg.core.wire import Match, parse_client_line, parse_server_line
-from tests.core.harness import FACES_V4, FACES_V6
-
-OWN_REPLIES = (b"421 ", b"425 ", b"500 ", b"501 ")
+# seconds: around the run's timeouts (line 20, expectation 30, idle 100)
+DELTAS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 19.5, 20.0, 25.0, 30.0, 45.0, 60.0, 100.0, 150.0)
 
 
-def run_session(data: bytes) -> None:
-    faces = FACES_V6 if data[:1] == b"6" else FACES_V4
-    session = Session(faces, CorePolicy(), 0.0, random.Random(0))
-    streams: dict[Side, bytearray] = {Side.CLIENT: bytearray(), Side.SERVER: bytearray()}
-    out: list[Action] = []
-    pos, now = 1, 0.0
+def decode(data: bytes) -> tuple[Setup, list[Op]]:
+    head = data[0] if data else 0
+    setup = Setup(
+        faces=head & 3,
+        loose=bool(head & 4),
+        allow_low_data_ports=bool(head & 8),
+        max_line=64 if head & 16 else 4096,
+        auto_bind=bool(head & 32),
+        port_tries=1 + (head >> 6),
+    )
+    ops: list[Op] = []
+    pos = 1
     while pos < len(data):
-        head = data[pos]
-        size = 1 + head % 64
-        side = Side.CLIENT if head & 0x80 else Side.SERVER
-        chunk = data[pos + 1 : pos + 1 + size]
-        pos += 1 + size
-        if not chunk:
-            break
-        streams[side] += chunk
-        now += 0.5
-        acts = session.receive(side, chunk, now)
-        while True:
-            out.extend(acts)
-            opens = [a for a in acts if isinstance(a, OpenListener)]
-            if not opens:
-                break
-            acts = session.handle(ListenerOpened(opens[-1].listener, opens[-1].port), now)
-    for side in Side:
-        out.extend(session.receive(side, b"", now))
-    check(streams, out, faces is FACES_V6)
+        code, arg = data[pos] & 15, data[pos] >> 4
+        pos += 1
+        if code <= 5:  # bytes: 0-2 from the client, 3-5 from the server
+            size = 1 + arg * 4
+            ops.append(Feed(CLIENT if code <= 2 else SERVER, data[pos : pos + size]))
+            pos += size
+        elif code == 6:
+            ops.append(Feed(CLIENT if arg & 1 else SERVER, b""))
+        elif code in (7, 8):
+            ops.append(Bind(arg, None if arg < 12 else 40000 + arg))
+        elif code == 9:
+            ops.append(Fail(arg))
+        elif code == 10:
+            ops.append(Accept(arg >> 2 & 1, arg % 3, 20 if arg & 8 else 40000 + arg))
+        elif code == 11:
+            ops.append(Connected(arg))
+        elif code == 12:
+            ops.append(Finish(arg, arg * 1000, arg, error=arg >= 12))
+        elif code == 13:
+            ops.append(Tick(DELTAS[arg % len(DELTAS)], to_deadline=arg == 15))
+        elif code == 14:
+            ops.append(Wait(DELTAS[arg % len(DELTAS)]))
+        elif arg < 2:
+            ops.append(Close(reply=bool(arg)))
+    return setup, ops
 
 
-def lf_lines(stream: bytes) -> list[bytes]:
-    parts = stream.split(b"\n")
-    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-
-
-def check(streams: dict[Side, bytearray], out: list[Action], v6: bool = False) -> None:
-    shut: set[Side] = set()
-    for action in out:  # nothing is ever sent to a side after its write half was shut
-        if isinstance(action, ShutdownWrite):
-            shut.add(action.side)
-        assert not (isinstance(action, Send) and action.side in shut), action
-    for side in Side:
-        lines = lf_lines(bytes(streams[side]))
-        parse = parse_client_line if side is Side.CLIENT else parse_server_line
-        for action in out:
-            if not isinstance(action, Send) or action.side is not side.other:
-                continue
-            sent = action.data
-            assert b"\0" not in sent
-            if sent in lines or any(line.startswith(sent) for line in lines):
-                continue
-            if side is Side.SERVER and sent.startswith(OWN_REPLIES):
-                continue
-            assert any(same_outside_span(line, sent, parse(line, v6)) for line in lines), sent
-
-
-def same_outside_span(line: bytes, sent: bytes, parsed: object) -> bool:
-    if not isinstance(parsed, Match):
-        return False
-    return sent.startswith(line[: parsed.start]) and sent.endswith(line[parsed.end :])
+def run_session(data: bytes) -> Run:
+    setup, ops = decode(data)
+    return run(setup, ops)
