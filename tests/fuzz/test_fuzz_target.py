@@ -42,7 +42,7 @@ def program(rng: random.Random) -> bytes:
             arg = rng.randrange(8)
             size = 1 + arg * 4
             while len(streams[side]) < size:
-                streams[side] += rng.choice(vocab[side]) if rng.random() < 0.9 else b"\0"
+                streams[side] += rng.choice(vocab[side]) if rng.random() < 0.97 else b"\0"
             out += bytes([(0 if side is CLIENT else 3) | arg << 4]) + streams[side][:size]
             del streams[side][:size]
         else:
