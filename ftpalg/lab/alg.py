@@ -27,9 +27,21 @@ class AlgProcess:
         self.proc = proc
         self.log = log
 
-    def events(self) -> list[dict[str, Any]]:
+    def mark(self) -> int:
+        """Where the log ends now (after its last complete line), for the `since` arguments:
+        a test reads only what ftpalg logged after its own start, not earlier tests' lines."""
+        data = self.log.read_bytes()
+        return data.rfind(b"\n") + 1
+
+    def log_since(self, since: int = 0) -> bytes:
+        """The raw log from byte offset `since` (a `mark()`) on."""
+        with self.log.open("rb") as f:
+            f.seek(since)
+            return f.read()
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
         out = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        for line in self.log_since(since).decode(errors="replace").splitlines():
             if line.startswith("{"):
                 try:
                     out.append(json.loads(line))
@@ -37,8 +49,12 @@ class AlgProcess:
                     continue
         return out
 
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e.get("event") == event]
+    def named(self, event: str, since: int = 0) -> list[dict[str, Any]]:
+        return [e for e in self.events(since) if e.get("event") == event]
+
+    def fds(self) -> int:
+        """How many descriptors the ftpalg process holds now."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -29,6 +29,8 @@ from ftpalg.lab.netns import IPAddress, Lab, LabError, LabUnavailable, stop_proc
 
 # Where each server's log names the client: pyftpdlib "IP:PORT-[user]", vsftpd 'Client "IP"',
 # pure-ftpd's CLF transfer log "IP - user [date] ...".
+LogMark = dict[Path, int]  # log file -> byte offset (FtpServer.log_mark)
+
 _CLIENT_RE = {
     "pyftpdlib": re.compile(r"(\S+):\d+-\["),
     "vsftpd": re.compile(r'Client "([^"]+)"'),
@@ -62,10 +64,6 @@ class FtpServer:
     def target(self) -> FtpTarget:
         return FtpTarget(self.address, self.port, self.user, self.password)
 
-    def download_path(self, name: str) -> str:
-        """FTP path (relative to the login directory) of a file in `root`."""
-        return name
-
     def upload_path(self, name: str) -> str:
         """FTP path to upload `name` to; it arrives at `uploaded(name)`."""
         return f"upload/{name}"
@@ -76,22 +74,38 @@ class FtpServer:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def log_text(self) -> str:
+    def log_mark(self) -> LogMark:
+        """Where each log file ends now (after its last complete line), for the `since`
+        arguments: a test reads only what the server logged after its own start."""
+        marks: LogMark = {}
+        for path in self.log_files:
+            try:
+                marks[path] = path.read_bytes().rfind(b"\n") + 1
+            except OSError:
+                marks[path] = 0
+        return marks
+
+    def log_text(self, since: LogMark | None = None) -> str:
         parts = []
         for path in self.log_files:
             try:
-                parts.append(path.read_text(errors="replace"))
+                with path.open("rb") as f:
+                    f.seek((since or {}).get(path, 0))
+                    data = f.read()
             except OSError:
                 continue
+            text = data.decode(errors="replace")
+            parts.append(text.replace("\r\n", "\n").replace("\r", "\n"))  # as read_text()
         return "".join(parts)
 
-    def seen_clients(self) -> set[str]:
+    def seen_clients(self, since: LogMark | None = None) -> set[str]:
         """Client addresses the server's logs show (canonical text; IPv4-mapped as IPv4).
 
-        Includes the server namespace's own address from the start-up readiness probe.
+        Includes the server namespace's own address from the start-up readiness probe
+        (unless `since` is a `log_mark()` taken after it).
         """
         found: set[str] = set()
-        for m in _CLIENT_RE[self.kind].finditer(self.log_text()):
+        for m in _CLIENT_RE[self.kind].finditer(self.log_text(since)):
             try:
                 addr = ipaddress.ip_address(m.group(1))
             except ValueError:

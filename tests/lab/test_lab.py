@@ -139,12 +139,14 @@ def test_server_sees_gateway_and_helper_is_attached(
     lab, pool = kernel_lab
     server = pool.get(kind)
     name, digest = _file(server)
+    # only this test's connections: the server's log from here on, no earlier conntrack entry
+    mark = server.log_mark()
+    lab.run("gw", ["conntrack", "-D", "-p", "tcp", "--dport", "21", "-d", str(server.address)])
     result = clients.curl_transfer(lab, server.target, name, tmp_path / "out", mode="port")
     _assert_download(result, digest, MiB)
-    seen = server.seen_clients()
+    seen = server.seen_clients(since=mark)
     a = lab.addresses
-    assert str(a.gw_outside_v4) in seen, server.log_text()[-2000:]
-    assert str(a.client_v4) not in seen
+    assert seen == {str(a.gw_outside_v4)}, server.log_text(since=mark)[-2000:]
     # The kernel tracked the control connection with the ftp helper attached.
     ct = lab.run("gw", ["conntrack", "-L", "-p", "tcp", "--dport", "21", "-d", str(server.address)])
     helper_lines = [ln for ln in ct.stdout.splitlines() if "helper=ftp" in ln]

@@ -14,7 +14,7 @@ from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
-from tests.lab.conftest import start_lab
+from tests.lab.conftest import baseline, start_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -63,17 +63,22 @@ def test_reverse_mode_all_clients(reverse: Reverse, kind: str, mode: str, tmp_pa
     assert sha256_file(srv.uploaded(name)) == digest
 
 
-def test_reverse_227_names_the_private_address_and_is_rewritten(reverse: Reverse) -> None:
+@pytest.mark.parametrize("kind", list(REVERSE_KINDS))
+def test_reverse_227_names_the_private_address_and_is_rewritten(
+    reverse: Reverse, kind: str, tmp_path: Path
+) -> None:
     a = reverse.lab.addresses
-    rewrites = [e for _, alg, _, _ in reverse.servers.values() for e in alg.named("rewrite")]
-    pasv = [e for e in rewrites if e["kind"] == "227"]
-    assert pasv, "no 227 seen"
+    srv, alg, target, digest = reverse.servers[kind]
+    since = baseline(alg, (srv,))  # this test's own PASV download only
+    down = run_transfer(reverse.lab, "curl-pasv", target, "f.bin", tmp_path / "down.bin")
+    assert down.ok and down.sha256 == digest, down.detail
+    (pasv,) = since.named("rewrite")
     private = ",".join(str(a.client_v4).split("."))
     public = ",".join(str(a.gw_outside_v4).split("."))
-    assert all(private in e["before"] and public in e["after"] for e in pasv)
+    assert pasv["kind"] == "227"
+    assert f"({private}," in pasv["before"] and f"({public}," in pasv["after"], pasv
     # the legacy server sees the gateway's inside address, never the outside client
-    for srv, _, _, _ in reverse.servers.values():
-        assert srv.seen_clients() - {str(a.client_v4)} == {str(a.gw_inside_v4)}
+    assert since.seen_clients(srv) == {str(a.gw_inside_v4)}
 
 
 THIRD_PARTY_SCRIPT = """

@@ -1,5 +1,7 @@
 """Transparent mode (issue 3): ftpalg on a gateway whose forward policy drops everything, so
-nothing can bypass it; real clients × real servers, downloads and uploads, sha256 compared."""
+nothing can bypass it; real clients × real servers, downloads and uploads, sha256 compared.
+One ftpalg serves the module; a test that reads logs reads only the lines logged since it
+began (its own transfers), so every test passes alone and in any order."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
-from ftpalg.lab.netns import Lab
+from ftpalg.lab.netns import Lab, wait_until
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file
-from tests.lab.conftest import SERVER_KINDS, ServerPool, start_lab
+from tests.lab.conftest import SERVER_KINDS, Baseline, ServerPool, baseline, start_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -48,6 +50,12 @@ def gw() -> Iterator[Gateway]:
         yield Gateway(lab, alg, ServerPool(lab), {})
     finally:
         lab.close()
+
+
+@pytest.fixture
+def since(gw: Gateway) -> Baseline:
+    """This test's starting point in ftpalg's log (earlier tests' sessions all closed)."""
+    return baseline(gw.alg)
 
 
 def transfer(gw: Gateway, srv: FtpServer, mode: str, size: str, upload: bool, tmp: Path) -> None:
@@ -88,10 +96,9 @@ def test_ipv6_epsv_and_eprt(
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_server_sees_the_gateways_outside_address(gw: Gateway, kind: str, tmp_path: Path) -> None:
     srv = gw.server(kind)
+    mark = srv.log_mark()  # after the server's start-up (and readiness probe)
     assert run_transfer(gw.lab, "curl-port", srv.target, "1B.bin", tmp_path / "x").ok
-    probes = {str(a) for a in gw.lab.addresses.servers_v4}  # readiness probes from its namespace
-    seen = srv.seen_clients() - probes
-    assert seen == {str(gw.lab.addresses.gw_outside_v4)}
+    assert srv.seen_clients(since=mark) == {str(gw.lab.addresses.gw_outside_v4)}
 
 
 ACTIVE_PEER_SCRIPT = """
@@ -131,14 +138,19 @@ def test_client_sees_active_data_from_the_server(gw: Gateway, kind: str) -> None
         assert port == "20"
 
 
-def test_rewrites_and_transfers_are_logged(gw: Gateway) -> None:
-    rewrites = gw.alg.named("rewrite")
-    kinds = {e["kind"] for e in rewrites}
-    assert {"PORT", "EPRT", "227", "229"} <= kinds
-    finished = gw.alg.named("data_finished")
-    assert finished and all({"bytes_to_client", "seconds", "result"} <= e.keys() for e in finished)
-    opened = gw.alg.named("session_opened")
-    assert all(e["mode"] == "transparent" for e in opened)
+def test_rewrites_and_transfers_are_logged(gw: Gateway, since: Baseline, tmp_path: Path) -> None:
+    srv = gw.server("pyftpdlib")
+    modes = {"curl-port": "PORT", "curl-eprt": "EPRT", "curl-pasv": "227", "curl-epsv": "229"}
+    for mode in modes:
+        result = run_transfer(gw.lab, mode, srv.target, "1MiB.bin", tmp_path / f"{mode}.bin")
+        assert result.ok and result.nbytes == SIZES["1MiB"], result.detail
+    assert wait_until(lambda: len(since.named("data_finished")) == len(modes), 5)
+    assert sorted(e["kind"] for e in since.named("rewrite")) == sorted(modes.values())
+    for e in since.named("data_finished"):
+        assert (e["bytes_to_client"], e["bytes_to_server"], e["result"]) == (SIZES["1MiB"], 0, "ok")
+        assert e["seconds"] >= 0
+    opened = since.named("session_opened")
+    assert len(opened) == len(modes) and all(e["mode"] == "transparent" for e in opened)
 
 
 def test_sigterm_removes_kernel_state() -> None:
