@@ -1,8 +1,9 @@
-"""make_file: fast, deterministic test data (no root needed)."""
+"""make_file: deterministic test data (no root needed). How fast it is, is measured by
+bench/make_file_bench.py, not asserted here."""
 
 from __future__ import annotations
 
-import time
+import re
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,8 @@ MiB = 1 << 20
 
 
 @pytest.mark.timeout(30)
-def test_make_file_is_fast_and_deterministic(tmp_path: Path) -> None:
-    start = time.monotonic()
+def test_make_file_is_deterministic(tmp_path: Path) -> None:
     digest = make_file(tmp_path, "big.bin", 64 * MiB)
-    elapsed = time.monotonic() - start
     assert (tmp_path / "big.bin").stat().st_size == 64 * MiB
     assert sha256_file(tmp_path / "big.bin") == digest
     assert make_file(tmp_path, "again.bin", 64 * MiB, seed=1) == make_file(
@@ -25,4 +24,14 @@ def test_make_file_is_fast_and_deterministic(tmp_path: Path) -> None:
     # consecutive MiB blocks differ (not one block repeated)
     with open(tmp_path / "big.bin", "rb") as f:
         assert f.read(MiB) != f.read(MiB)
-    assert elapsed < 1.0, f"64 MiB took {elapsed:.2f} s"
+
+
+def test_bench_reports_a_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/make_file_bench.py runs and reports MB/s (a number, never a pass/fail)."""
+    from bench.make_file_bench import main
+
+    runs = main(["--size-mib", "2", "--repeat", "2"])
+    assert len(runs) == 2 and all(r > 0 for r in runs)
+    assert re.fullmatch(
+        r"make_file, 2 MiB x 2: \d+ MB/s \(runs: \d+, \d+\)\n", capsys.readouterr().out
+    )
