@@ -22,6 +22,8 @@ How this works:
   with a TCP reset instead of being routed around the ALG (tproxy alone fails *open*). The
   reject uses the divert selector on purpose: inbound FTP towards servers behind the
   gateway, or a family ftpalg does not serve, is not ftpalg's to block.
+- with ``pinholes``: the kernel data plane's gate sets, value maps, the gate rules (in
+  ``prerouting``) and the ``data_dnat``/``data_snat`` nat chains (``pinholes.py``).
 - nft 1.0.6 rejects ``{ ...; } }`` on one line: every closing brace of a block is on its
   own line.
 """
@@ -32,6 +34,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from ftpalg.kernel import pinholes
 from ftpalg.kernel.errors import KernelSetupError
 
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -52,6 +55,7 @@ class NftPlan:
     ftp_ports: tuple[int, ...] = (21,)
     inside_ifaces: tuple[str, ...] = ()
     fail_closed: bool = True
+    pinholes: bool = False  # the kernel data plane's sets, maps and chains (pinholes.py)
 
     def __post_init__(self) -> None:
         if not _TABLE_RE.match(self.table):
@@ -97,10 +101,17 @@ def render(plan: NftPlan) -> str:
         f"add table {name}",
         f"delete table {name}",
         f"table {name} {{",
+    ]
+    pinhole_families = (4, 6) if plan.pinholes else ()
+    for version in pinhole_families:
+        lines += pinholes.render_sets(version)
+    lines += [
         "\tchain prerouting {",
         "\t\ttype filter hook prerouting priority mangle; policy accept;",
         f"\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark} accept",
     ]
+    for version in pinhole_families:
+        lines += pinholes.render_gate_rules(version)
     for version, port in ((4, plan.proxy_port_v4), (6, plan.proxy_port_v6)):
         if port is not None:
             target = "ip" if version == 4 else "ip6"
@@ -117,6 +128,8 @@ def render(plan: NftPlan) -> str:
         for version in plan.families:
             lines.append(f"\t\t{_selector(plan, version)} ct state new reject with tcp reset")
         lines.append("\t}")
+    if pinhole_families:
+        lines += pinholes.render_nat_chains(pinhole_families)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
