@@ -14,11 +14,10 @@ echo "== pytest"
 covdir=$(mktemp -d /tmp/ftpalg-coverage.XXXXXX)
 trap 'rm -rf "$covdir"' EXIT
 chmod 1777 "$covdir"
-rm -f .coverage .coverage.*
 status=0
 COVERAGE_FILE="$covdir/.coverage" .venv/bin/coverage run -m pytest -q "$@" || status=$?
 echo "== coverage"
-if .venv/bin/coverage combine -q --data-file=.coverage "$covdir"; then
+if .venv/bin/coverage combine -q --data-file=.coverage "$covdir"; then  # replaces .coverage
   .venv/bin/coverage report --skip-covered
 else
   echo "coverage: no data to combine" >&2
