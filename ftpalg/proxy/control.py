@@ -55,6 +55,7 @@ from ftpalg.proxy.sockets import is_local_address, make_listener
 
 LINGER = 2.0  # seconds a closed session waits for its peers' EOF before closing for good
 BACKLOG_LIMIT = 64 * 1024  # held control bytes of one side before its reading pauses
+ACCEPT_PAUSE = 0.1  # seconds a data listener is not polled after accept() failed (EMFILE)
 
 
 def endpoint(sockaddr: Any) -> Endpoint:
@@ -204,7 +205,12 @@ class ControlSession:
             case ShutdownWrite(side):
                 half = self.halves.get(side)
                 if half is not None and (transport := half.writable()) is not None:
-                    transport.write_eof()
+                    try:
+                        transport.write_eof()
+                    except (OSError, RuntimeError):
+                        # a reset not noticed yet (reading paused): the stdlib loop's
+                        # write_eof raises; close, and connection_lost ends the session
+                        transport.close()
             case Observation():
                 self.observe(action)
             case OpenListener():
@@ -252,13 +258,22 @@ class ControlSession:
             conn, peer = sock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:  # EMFILE and friends: the listener stays for the next try
+        except OSError as exc:
+            # EMFILE and friends: the listener stays, but rests for ACCEPT_PAUSE (it stays
+            # readable: polling it at once would spin, one failure per turn of the loop)
             self.observe(Failed(Fault.DATA_ACCEPT, str(exc)))
+            self.loop.remove_reader(sock.fileno())
+            self.loop.call_later(ACCEPT_PAUSE, self._watch, listener, sock)
             return
         conn.setblocking(False)
         cid = self.host.next_conn_id()
         self._accepted[cid] = conn
         self.handle(DataAccepted(listener, cid, endpoint(peer)))
+
+    def _watch(self, listener: int, sock: socket.socket) -> None:
+        """Poll `listener` again after an accept() failure, unless it was closed meanwhile."""
+        if self._listeners.get(listener) is sock:
+            self.loop.add_reader(sock.fileno(), self._accept, listener)
 
     async def _run_data(self, action: ConnectData, accepted: socket.socket) -> None:
         start = self.loop.time()

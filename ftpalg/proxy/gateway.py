@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import random
 import socket
 from collections.abc import Coroutine
@@ -237,6 +238,8 @@ class Gateway:
             sock.close()
             if source is not None and source.port != 0 and exc.errno in _ADDRESS_TAKEN:
                 return await self.dial(target, Endpoint(source.host, 0))
+            if exc.errno:  # the loop's text is "Connect call failed ('addr', port)": say why
+                raise OSError(exc.errno, os.strerror(exc.errno)) from None
             raise
         return sock
 
