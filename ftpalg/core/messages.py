@@ -136,9 +136,16 @@ class CloseSession:
 
 @dataclass(frozen=True, slots=True)
 class OpenListener:
+    """Open the announced data endpoint `host`:`port` (`listener` names it) for one
+    connection from `peer`, to be joined to `target` from the address `source`. The relay
+    learns the last two again in `ConnectData`; the kernel data plane needs them now."""
+
     listener: int
     host: Address
     port: int
+    peer: Address
+    target: Endpoint
+    source: Address
 
 
 @dataclass(frozen=True, slots=True)

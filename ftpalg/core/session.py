@@ -236,7 +236,10 @@ class Session:
             plan.dial_from,
             chooser,
         )
-        out.append(OpenListener(listener, plan.face, match.port))
+        out.append(
+            OpenListener(listener, plan.face, match.port, plan.accept_from, plan.target,
+                         plan.dial_from)
+        )  # fmt: skip
 
     # ---- listeners ----------------------------------------------------------------------
 
@@ -286,7 +289,8 @@ class Session:
             return
         port = pending.chooser.next_port()
         if port is not None:
-            out.append(OpenListener(pending.listener, pending.face, port))
+            p = pending
+            out.append(OpenListener(p.listener, p.face, port, p.accept_from, p.target, p.dial_from))
             return
         self.sides[pending.side].opening = None
         reply = P.NO_PORT_FOR_ACTIVE if pending.side is CLIENT else P.NO_PORT_FOR_PASSIVE

@@ -490,6 +490,7 @@ class Checker:
             and got.listener not in self.listeners
             and got.host == face
             and got.port == match.port
+            and (got.peer, got.target, got.source) == (accept_from, target, dial_from)
         ):
             self._fail("DATA", f"expected a new OpenListener(_, {face}, {match.port}), got {got!r}")
         self.listeners.add(got.listener)
@@ -568,6 +569,7 @@ class Checker:
             ok = (
                 got.listener == listener
                 and got.host == op.face
+                and (got.peer, got.target, got.source) == (op.accept_from, op.target, op.dial_from)
                 and low <= got.port <= high
                 and got.port not in op.tried
                 and op.retries < self.policy.port_tries

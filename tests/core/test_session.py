@@ -17,6 +17,8 @@ from ftpalg.core.messages import (
     DataAccepted,
     DataConnected,
     DataFinished,
+    Endpoint,
+    Faces,
     ListenerFailed,
     ListenerOpened,
     OpenListener,
@@ -54,7 +56,6 @@ from tests.core.harness import (
     FACES_V6,
     SERVER,
     ScriptedRandom,
-    addr,
     ep,
     new_session,
 )
@@ -83,6 +84,24 @@ SERVER_20 = ep("172.20.9.80:20")  # the server's active data port
 CLIENT_DATA = ep("172.20.9.84:40001")  # the client's passive data connection
 
 
+def active_open(listener: int, port: int, target: Endpoint, faces: Faces = F) -> OpenListener:
+    """The listener a PORT/EPRT asks for: on the face the server sees the client as, for
+    the server only, joined to the client's endpoint (`target`) from the server's face."""
+    server = faces.server.host
+    return OpenListener(
+        listener, faces.client_face.host, port, server, target, faces.server_face.host
+    )
+
+
+def passive_open(listener: int, port: int, target: Endpoint, faces: Faces = F) -> OpenListener:
+    """The listener a 227/229 asks for: on the face the client believes is the server, for
+    the client only, joined to the server's endpoint (`target`) from the client's face."""
+    client = faces.client.host
+    return OpenListener(
+        listener, faces.server_face.host, port, client, target, faces.client_face.host
+    )
+
+
 def ended(
     conn: int,
     mode: DataMode,
@@ -103,14 +122,14 @@ def ended(
 
 def port_armed(pb: Playbook) -> Playbook:
     """PORT announced and its listener bound: the expectation on 203.0.113.5:4675 is armed."""
-    pb >> client(PORT_IN) << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN) << [active_open(1, 4675, PORT_TARGET)]
     pb >> ListenerOpened(1, 4675) << [Send(SERVER, PORT_OUT), PORT_REWRITTEN]
     return pb
 
 
 def pasv_armed(pb: Playbook) -> Playbook:
     """227 announced and its listener bound: the expectation on 198.51.100.80:50000."""
-    pb >> server(PASV_IN) << [OpenListener(1, SERVER_FACE, 50000)]
+    pb >> server(PASV_IN) << [passive_open(1, 50000, PASV_TARGET)]
     pb >> ListenerOpened(1, 50000) << [Send(CLIENT, PASV_OUT), PASV_REWRITTEN]
     return pb
 
@@ -167,7 +186,7 @@ def test_pasv_227_passive_transfer() -> None:
 
 def test_epsv_229_rewritten_with_the_bound_port() -> None:
     pb = Playbook()
-    pb >> server(EPSV_IN) << [OpenListener(1, SERVER_FACE, 6446)]
+    pb >> server(EPSV_IN) << [passive_open(1, 6446, ep("172.20.9.80:6446"))]
     out = b"229 Entering Extended Passive Mode (|||50001|)\r\n"
     listen, target = ep("198.51.100.80:50001"), ep("172.20.9.80:6446")
     (
@@ -192,7 +211,7 @@ def test_eprt_on_ipv6_is_written_uncompressed() -> None:
     line = b"EPRT |2|2001:db8::1|4675|\r\n"
     out = b"EPRT |2|2001:0db8:0002:0000:0000:0000:0000:0001|4675|\r\n"
     listen, target = ep("[2001:db8:2::1]:4675"), ep("[2001:db8::1]:4675")
-    pb >> client(line) << [OpenListener(1, addr("2001:db8:2::1"), 4675)]
+    pb >> client(line) << [active_open(1, 4675, target, FACES_V6)]
     (
         pb
         >> ListenerOpened(1, 4675)
@@ -216,7 +235,7 @@ def test_eprt_family_translation_on_a_4to6_gateway() -> None:
     line = b"EPRT |1|172.20.9.84|4675|\r\n"
     out = b"EPRT |2|2001:0db8:0002:0000:0000:0000:0000:0001|4675|\r\n"
     listen = ep("[2001:db8:2::1]:4675")
-    pb >> client(line) << [OpenListener(1, addr("2001:db8:2::1"), 4675)]
+    pb >> client(line) << [active_open(1, 4675, ep("172.20.9.84:4675"), FACES_4TO6)]
     (
         pb
         >> ListenerOpened(1, 4675)
@@ -230,9 +249,9 @@ def test_eprt_family_translation_on_a_4to6_gateway() -> None:
 def test_bind_failures_retry_in_the_data_port_range_then_succeed() -> None:
     policy = CorePolicy(data_ports=(50000, 50009))
     pb = Playbook(policy=policy, rng=ScriptedRandom(50003, 50007))
-    pb >> client(PORT_IN) << [OpenListener(1, CLIENT_FACE, 4675)]
-    pb >> ListenerFailed(1, "EADDRINUSE") << [OpenListener(1, CLIENT_FACE, 50003)]
-    pb >> ListenerFailed(1, "EADDRINUSE") << [OpenListener(1, CLIENT_FACE, 50007)]
+    pb >> client(PORT_IN) << [active_open(1, 4675, PORT_TARGET)]
+    pb >> ListenerFailed(1, "EADDRINUSE") << [active_open(1, 50003, PORT_TARGET)]
+    pb >> ListenerFailed(1, "EADDRINUSE") << [active_open(1, 50007, PORT_TARGET)]
     out = b"PORT 203,0,113,5,195,87\r\n"  # 50007; the data still goes to port 4675
     listen = ep("203.0.113.5:50007")
     (
@@ -246,8 +265,8 @@ def test_no_free_port_for_a_227_gives_425_and_releases_the_held_lines() -> None:
     policy = CorePolicy(data_ports=(50000, 50001), port_tries=2)
     pb = Playbook(policy=policy, rng=ScriptedRandom(50001, 50001))
     line = b"227 (172,20,9,80,19,137)\r\n"
-    pb >> server(line + b"NEXT\r\n") << [OpenListener(1, SERVER_FACE, 5001)]
-    pb >> ListenerFailed(1, "EADDRINUSE") << [OpenListener(1, SERVER_FACE, 50001)]
+    pb >> server(line + b"NEXT\r\n") << [passive_open(1, 5001, ep("172.20.9.80:5001"))]
+    pb >> ListenerFailed(1, "EADDRINUSE") << [passive_open(1, 50001, ep("172.20.9.80:5001"))]
     (
         pb
         >> ListenerFailed(1, "EADDRINUSE")
@@ -262,7 +281,7 @@ def test_no_free_port_for_a_227_gives_425_and_releases_the_held_lines() -> None:
 
 def test_no_free_port_for_a_port_gives_500_and_nothing_reaches_the_server() -> None:
     pb = Playbook(policy=CorePolicy(port_tries=0), rng=ScriptedRandom())
-    pb >> client(PORT_IN + b"RETR x\r\n") << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN + b"RETR x\r\n") << [active_open(1, 4675, PORT_TARGET)]
     (
         pb
         >> ListenerFailed(1, "EACCES")
@@ -283,7 +302,7 @@ def test_a_second_port_replaces_the_first() -> None:
     line = b"EPRT |1|172.20.9.84|4676|\r\n"
     out = b"EPRT |1|203.0.113.5|4676|\r\n"
     listen, target = ep("203.0.113.5:4676"), ep("172.20.9.84:4676")
-    pb >> client(line) << [OpenListener(2, CLIENT_FACE, 4676)]
+    pb >> client(line) << [active_open(2, 4676, target)]
     (
         pb
         >> ListenerOpened(2, 4676)
@@ -301,7 +320,7 @@ def test_a_229_replaces_a_port() -> None:
     pb = port_armed(Playbook())
     line = b"229 (|||6446|)\r\n"
     listen, target = ep("198.51.100.80:6446"), ep("172.20.9.80:6446")
-    pb >> server(line) << [OpenListener(2, SERVER_FACE, 6446)]
+    pb >> server(line) << [passive_open(2, 6446, target)]
     (
         pb
         >> ListenerOpened(2, 6446)
@@ -318,7 +337,7 @@ def test_the_expectation_expires_at_its_deadline() -> None:
     pb = Playbook(policy=CorePolicy(expect_timeout=300.0, idle_timeout=900.0))
     line = b"EPRT |1|172.20.9.84|4675|\r\n"
     out = b"EPRT |1|203.0.113.5|4675|\r\n"
-    pb.at(10.0) >> client(line) << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb.at(10.0) >> client(line) << [active_open(1, 4675, PORT_TARGET)]
     (
         pb
         >> ListenerOpened(1, 4675)
@@ -366,7 +385,7 @@ def test_a_connection_without_an_expectation_is_stale() -> None:
 
 def test_lines_wait_while_a_listener_opens() -> None:
     pb = Playbook()
-    pb >> client(PORT_IN + b"RETR x\r\nNO") << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN + b"RETR x\r\nNO") << [active_open(1, 4675, PORT_TARGET)]
     assert pb.session.backlog(CLIENT) == len(b"RETR x\r\nNO")
     pb >> client(b"OP\r\n") << []
     assert pb.session.backlog(CLIENT) == len(b"RETR x\r\nNOOP\r\n")
@@ -433,7 +452,7 @@ def test_pipelined_and_split_lines() -> None:  # kernel §8 items 15, 16 and 31 
     pb = Playbook()
     pb >> client(b"NOOP\r\nPO") << [Send(SERVER, b"NOOP\r\n")]
     pb >> client(b"RT 172,20,") << []
-    pb >> client(b"9,84,18,67\r\n") << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(b"9,84,18,67\r\n") << [active_open(1, 4675, PORT_TARGET)]
 
 
 # ---- what the client may not announce, what the server announces wrongly ---------------
@@ -479,7 +498,7 @@ def test_a_227_naming_another_address_goes_to_the_server_itself() -> None:
     (
         pb
         >> server(line)
-        << [ReplyAddressMismatch(line, "172.20.9.80"), OpenListener(1, SERVER_FACE, 50000)]
+        << [ReplyAddressMismatch(line, "172.20.9.80"), passive_open(1, 50000, PASV_TARGET)]
     )
     (
         pb
@@ -493,11 +512,7 @@ def test_loose_trusts_the_address_in_the_227() -> None:
     line = b"227 Entering Passive Mode (10,1,2,3,195,80).\r\n"
     out = b"227 Entering Passive Mode (198,51,100,80,195,80).\r\n"
     target = ep("10.1.2.3:50000")
-    (
-        pb
-        >> server(line)
-        << [ReplyAddressMismatch(line, "10.1.2.3"), OpenListener(1, SERVER_FACE, 50000)]
-    )
+    (pb >> server(line) << [ReplyAddressMismatch(line, "10.1.2.3"), passive_open(1, 50000, target)])
     (
         pb
         >> ListenerOpened(1, 50000)
@@ -563,7 +578,7 @@ def test_an_unterminated_address_line_at_eof_is_dropped() -> None:
 
 def test_eof_waits_for_the_held_line() -> None:
     pb = Playbook()
-    pb >> client(PORT_IN) << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN) << [active_open(1, 4675, PORT_TARGET)]
     pb >> client(b"") << []
     (
         pb
@@ -645,7 +660,7 @@ def test_a_line_too_long_from_the_server_ends_the_session() -> None:
 def test_a_framing_error_waits_behind_a_held_line() -> None:
     pb = Playbook()
     error = "NUL byte in command line"
-    pb >> client(PORT_IN + b"NO\0") << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN + b"NO\0") << [active_open(1, 4675, PORT_TARGET)]
     (
         pb
         >> ListenerOpened(1, 4675)
@@ -748,7 +763,7 @@ def test_an_eof_ends_the_partial_line_and_its_clock() -> None:
 
 def test_line_timeout_while_a_listener_is_pending() -> None:
     pb = Playbook(policy=CorePolicy(line_timeout=60.0))
-    pb >> client(PORT_IN + b"RE") << [OpenListener(1, CLIENT_FACE, 4675)]
+    pb >> client(PORT_IN + b"RE") << [active_open(1, 4675, PORT_TARGET)]
     (
         pb.at(60.0)
         >> TimerFired()
@@ -768,7 +783,7 @@ def test_line_timeout_while_a_listener_is_pending() -> None:
 def test_close_with_a_reply_cancels_the_pending_listener_and_the_expectation() -> None:
     pb = port_armed(Playbook())
     line = b"227 (172,20,9,80,19,137)\r\n"
-    pb >> server(line) << [OpenListener(2, SERVER_FACE, 5001)]
+    pb >> server(line) << [passive_open(2, 5001, ep("172.20.9.80:5001"))]
     (
         pb
         >> CloseRequested("shutdown", P.SHUTTING_DOWN)
