@@ -21,8 +21,8 @@ from ftpalg.core.observations import Refusal
 from ftpalg.core.policy import OUT_OF_RESOURCES
 from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
-from ftpalg.proxy.control import endpoint
 from ftpalg.proxy.refusal import refuse
+from ftpalg.proxy.sockets import endpoint
 
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _BURST = 64

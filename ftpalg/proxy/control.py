@@ -8,8 +8,9 @@ listener) returns that outcome as the next event; the core's answer to it is put
 of the list, so it is carried out before the rest of the batch — the order a nested call
 would give, without nesting: a burst of 100,000 pipelined PORT lines costs no stack.
 Events that arrive while a run is going on (a callback fired from inside a write) wait in
-the queue. Data connections are accepted by `loop.add_reader` on the listener, dialed and
-relayed in tasks owned by the host (the gateway), so they outlive the control session.
+the queue. The data actions (open, close, connect, reject) go to the session's data plane
+(`relay_plane.py`: the relay, or the kernel's pinholes), which feeds their outcomes back as
+events; relays run in tasks owned by the host (the gateway), so they outlive the session.
 One timer per session, armed at `Session.next_deadline()`. Reading from a side pauses while
 the other side's transport is full, or while the core holds more than `BACKLOG_LIMIT` bytes
 of that side's lines (waiting for a data dial): back-pressure, never unbounded memory.
@@ -18,12 +19,9 @@ of that side's lines (waiting for a data dial): back-pressure, never unbounded m
 from __future__ import annotations
 
 import asyncio
-import errno
-import socket
 from collections import deque
-from collections.abc import Coroutine
-from ipaddress import ip_address
-from typing import Any, Protocol, assert_never, cast
+from collections.abc import Callable
+from typing import Protocol, assert_never, cast
 
 from ftpalg.core.messages import (
     Action,
@@ -31,14 +29,8 @@ from ftpalg.core.messages import (
     CloseRequested,
     CloseSession,
     ConnectData,
-    DataAccepted,
-    DataConnected,
-    DataFinished,
     DataReceived,
-    Endpoint,
     Event,
-    ListenerFailed,
-    ListenerOpened,
     OpenListener,
     RejectData,
     Send,
@@ -48,31 +40,15 @@ from ftpalg.core.messages import (
 )
 from ftpalg.core.observations import Observation
 from ftpalg.core.session import Session
-from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
-from ftpalg.proxy.relay import relay
-from ftpalg.proxy.sockets import is_local_address, make_listener
+from ftpalg.proxy.relay_plane import DataPlane, PlaneHost, RelayPlane
 
 LINGER = 2.0  # seconds a closed session waits for its peers' EOF before closing for good
 BACKLOG_LIMIT = 64 * 1024  # held control bytes of one side before its reading pauses
-ACCEPT_PAUSE = 0.1  # seconds a data listener is not polled after accept() failed (EMFILE)
 
 
-def endpoint(sockaddr: Any) -> Endpoint:
-    """A socket address tuple as an Endpoint."""
-    return Endpoint(ip_address(sockaddr[0]), int(sockaddr[1]))
-
-
-class SessionHost(Protocol):
+class SessionHost(PlaneHost, Protocol):
     """What a control session needs from the gateway."""
-
-    loop: asyncio.AbstractEventLoop
-
-    def next_conn_id(self) -> int: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None], data: bool = False) -> None: ...
-
-    async def dial(self, target: Endpoint, source: Endpoint | None) -> socket.socket: ...
 
     def session_ended(self, control: ControlSession) -> None: ...
 
@@ -141,14 +117,21 @@ class HalfProtocol(asyncio.Protocol):
 
 
 class ControlSession:
-    def __init__(self, host: SessionHost, session: Session, observe: Observer) -> None:
+    def __init__(
+        self,
+        host: SessionHost,
+        session: Session,
+        observe: Observer,
+        make_plane: Callable[[ControlSession], DataPlane] | None = None,
+    ) -> None:
         self.host = host
         self.core = session
         self.observe = observe
         self.loop = host.loop
         self.halves: dict[Side, HalfProtocol] = {}
-        self._listeners: dict[int, socket.socket] = {}
-        self._accepted: dict[int, socket.socket] = {}
+        self.plane: DataPlane = (
+            make_plane(self) if make_plane else RelayPlane(host, self.handle, observe)
+        )
         self._events: deque[Event] = deque()
         self._running = False
         self._timer: asyncio.TimerHandle | None = None
@@ -214,82 +197,18 @@ class ControlSession:
             case Observation():
                 self.observe(action)
             case OpenListener():
-                return self._open_listener(action)
+                return self.plane.open(action)
             case CloseListener(listener):
-                self._close_listener(listener)
+                self.plane.close(listener)
             case ConnectData():
-                accepted = self._accepted.pop(action.conn, None)
-                if accepted is not None:
-                    self.host.spawn(self._run_data(action, accepted), data=True)
+                self.plane.connect(action)
             case RejectData(conn):
-                sock = self._accepted.pop(conn, None)
-                if sock is not None:
-                    sock.close()
+                self.plane.reject(conn)
             case CloseSession():
                 self._finish()
             case _:
                 assert_never(action)
         return None
-
-    # ---- listeners and data connections ---------------------------------------------------
-
-    def _open_listener(self, action: OpenListener) -> ListenerOpened | ListenerFailed:
-        try:
-            transparent = not is_local_address(action.host)
-            sock = make_listener(action.host, action.port, transparent=transparent)
-        except OSError as exc:
-            return ListenerFailed(action.listener, errno.errorcode.get(exc.errno or 0, str(exc)))
-        self._close_listener(action.listener)  # a retry on another port reuses the id
-        self._listeners[action.listener] = sock
-        self.loop.add_reader(sock.fileno(), self._accept, action.listener)
-        return ListenerOpened(action.listener, sock.getsockname()[1])
-
-    def _close_listener(self, listener: int) -> None:
-        sock = self._listeners.pop(listener, None)
-        if sock is not None:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
-
-    def _accept(self, listener: int) -> None:
-        sock = self._listeners.get(listener)
-        if sock is None:
-            return
-        try:
-            conn, peer = sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            # EMFILE and friends: the listener stays, but rests for ACCEPT_PAUSE (it stays
-            # readable: polling it at once would spin, one failure per turn of the loop)
-            self.observe(Failed(Fault.DATA_ACCEPT, str(exc)))
-            self.loop.remove_reader(sock.fileno())
-            self.loop.call_later(ACCEPT_PAUSE, self._watch, listener, sock)
-            return
-        conn.setblocking(False)
-        cid = self.host.next_conn_id()
-        self._accepted[cid] = conn
-        self.handle(DataAccepted(listener, cid, endpoint(peer)))
-
-    def _watch(self, listener: int, sock: socket.socket) -> None:
-        """Poll `listener` again after an accept() failure, unless it was closed meanwhile."""
-        if self._listeners.get(listener) is sock:
-            self.loop.add_reader(sock.fileno(), self._accept, listener)
-
-    async def _run_data(self, action: ConnectData, accepted: socket.socket) -> None:
-        start = self.loop.time()
-        result_error: str | None = None
-        a_to_d = d_to_a = 0
-        try:
-            dialed = await self.host.dial(action.target, action.source)
-        except OSError as exc:
-            accepted.close()
-            result_error = f"connect {action.target}: {exc.strerror or exc}"
-        else:
-            self.handle(DataConnected(action.conn))
-            result = await relay(accepted, dialed)
-            a_to_d, d_to_a, result_error = result.a_to_b, result.b_to_a, result.error
-        seconds = self.loop.time() - start
-        self.handle(DataFinished(action.conn, a_to_d, d_to_a, seconds, result_error))
 
     # ---- time, back-pressure and the end --------------------------------------------------
 
@@ -348,11 +267,7 @@ class ControlSession:
         if self.closed:
             return
         self.closed = True
-        for listener in list(self._listeners):
-            self._close_listener(listener)
-        for sock in self._accepted.values():
-            sock.close()
-        self._accepted.clear()
+        self.plane.finish()
         for half in self.halves.values():
             if (transport := half.writable()) is not None:
                 self._linger(transport)

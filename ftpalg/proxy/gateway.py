@@ -30,9 +30,9 @@ from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused, Upst
 from ftpalg.ops.logs import get_logger
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.acceptor import Acceptor
-from ftpalg.proxy.control import ControlSession, HalfProtocol, endpoint
+from ftpalg.proxy.control import ControlSession, HalfProtocol
 from ftpalg.proxy.refusal import refuse
-from ftpalg.proxy.sockets import is_local_address, make_dial_socket, set_control_options
+from ftpalg.proxy.sockets import endpoint, is_local_address, make_dial_socket, set_control_options
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 

@@ -22,7 +22,10 @@ How this works:
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+from ftpalg.core.messages import Endpoint
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
@@ -89,6 +92,11 @@ def make_dial_socket(
     return sock
 
 
+def endpoint(sockaddr: Any) -> Endpoint:
+    """A socket address tuple as an Endpoint."""
+    return Endpoint(ip_address(sockaddr[0]), int(sockaddr[1]))
+
+
 def is_local_address(addr: IPAddress) -> bool:
     """Whether ``addr`` is assigned to this host (in this network namespace), right now."""
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
@@ -119,6 +127,7 @@ __all__ = [
     "IPV6_TRANSPARENT",
     "IP_BIND_ADDRESS_NO_PORT",
     "IP_TRANSPARENT",
+    "endpoint",
     "is_local_address",
     "make_dial_socket",
     "make_listener",

@@ -40,7 +40,8 @@ from ftpalg.core.observations import (
     SessionClosed,
 )
 from ftpalg.ops.events import Failed, Fault
-from ftpalg.proxy.control import BACKLOG_LIMIT, endpoint
+from ftpalg.proxy.control import BACKLOG_LIMIT
+from ftpalg.proxy.sockets import endpoint
 from tests.proxy.rig import (
     SERVER_HOST,
     Conn,
