@@ -30,6 +30,7 @@ How this works:
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -120,13 +121,16 @@ def render(plan: NftPlan) -> str:
                 f" meta mark set {mark} accept"
             )
     lines.append("\t}")
-    if plan.fail_closed and plan.families:
+    rejects = plan.fail_closed and plan.families
+    if rejects or plan.pinholes:
         lines += [
             "\tchain forward {",
             "\t\ttype filter hook forward priority filter; policy accept;",
         ]
-        for version in plan.families:
+        for version in plan.families if rejects else ():
             lines.append(f"\t\t{_selector(plan, version)} ct state new reject with tcp reset")
+        if plan.pinholes:
+            lines.append(pinholes.render_log_rule())
         lines.append("\t}")
     if pinhole_families:
         lines += pinholes.render_nat_chains(pinhole_families)
@@ -175,3 +179,28 @@ def list_table(table: str = "ftpalg", netns: str | None = None) -> str | None:
         if "No such file or directory" in str(exc):
             return None
         raise
+
+
+def forward_chains_dropping(
+    mark: int, table: str = "ftpalg", netns: str | None = None
+) -> list[str]:
+    """Base chains on the forward hook, outside ftpalg's own table, whose policy is drop and
+    that have no rule accepting connections whose ct mark carries `mark` (``ct mark & M ==
+    M accept``): they would drop what ftpalg's pinholes admit. Names as ``family table
+    chain``. An nftables that cannot be listed counts as none (the kernel set-up reports it)."""
+    try:
+        listing = json.loads(_nft(["-j", "list", "ruleset"], None, netns) or "{}")
+    except (KernelSetupError, ValueError):
+        return []
+    chains: dict[tuple[str, str, str], bool] = {}
+    for item in listing.get("nftables", []):
+        chain, rule = item.get("chain"), item.get("rule")
+        if chain and chain.get("hook") == "forward" and chain.get("policy") == "drop":
+            if (chain["family"], chain["table"]) != ("inet", table):
+                chains[(chain["family"], chain["table"], chain["name"])] = False
+        elif rule:
+            key = (rule["family"], rule["table"], rule["chain"])
+            text = json.dumps(rule.get("expr", []))
+            if key in chains and '"mark"' in text and str(mark) in text and '"accept"' in text:
+                chains[key] = True
+    return [" ".join(key) for key, ok in chains.items() if not ok]

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 
 from ftpalg.core.messages import Endpoint
 from ftpalg.core.wire import Address
+from ftpalg.kernel.conntrack_nflog import nflog_rule
 from ftpalg.kernel.nfnl_wire import ElementOp, Field, Mark, Port
 
 TAG_BIT = 0x80000000  # ct mark bit: "admitted by an ftpalg pinhole"
 ID_MASK = 0x7FFFFFFF
+NFLOG_GROUP = 2121  # SYN/FIN/RST of tagged connections, for exact byte counts
 
 
 def tag_of(pinhole_id: int) -> int:
@@ -118,6 +120,12 @@ def render_gate_rules(version: int) -> list[str]:
         f"\t\tmeta nfproto ipv{v} tcp flags & (syn | ack) == syn ct state new {key} @gate{v}"
         f" ct mark set {key} map @tag{v} delete @gate{v} {{ {key} }} accept",
     ]
+
+
+def render_log_rule() -> str:
+    """For a forward chain: log SYN, FIN and RST of tagged connections (their sequence
+    numbers give exact payload byte counts; conntrack_nflog.py)."""
+    return "\t\t" + nflog_rule(TAG_BIT, TAG_BIT, NFLOG_GROUP)
 
 
 def render_nat_chains(versions: tuple[int, ...]) -> list[str]:

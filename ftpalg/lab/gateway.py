@@ -61,12 +61,17 @@ def kernel_nat_ruleset(lab: Lab, helper: bool = True) -> str:
     return _replace_table(body)
 
 
-def closed_gateway_ruleset(lab: Lab) -> str:
-    """Forward policy drop with no exception: only a local proxy on the gateway can connect."""
+PINHOLE_RULE = "ct mark & 0x80000000 == 0x80000000 accept"  # docs/data-plane.md
+
+
+def closed_gateway_ruleset(lab: Lab, pinholes: bool = False) -> str:
+    """Forward policy drop with no exception: only a local proxy on the gateway can connect;
+    with `pinholes`, plus the one rule an operator adds for ftpalg's kernel data plane."""
     body = (
         "    chain forward {\n"
         "        type filter hook forward priority filter; policy drop;\n"
-        "    }\n"
+        + (f"        {PINHOLE_RULE}\n" if pinholes else "")
+        + "    }\n"
     )
     return _replace_table(body)
 
@@ -100,8 +105,8 @@ def apply_kernel_nat(lab: Lab, helper: bool = True) -> None:
     lab.nft("gw", kernel_nat_ruleset(lab, helper=helper))
 
 
-def apply_closed_gateway(lab: Lab) -> None:
-    lab.nft("gw", closed_gateway_ruleset(lab))
+def apply_closed_gateway(lab: Lab, pinholes: bool = False) -> None:
+    lab.nft("gw", closed_gateway_ruleset(lab, pinholes))
 
 
 def apply_routing(lab: Lab) -> None:

@@ -57,8 +57,10 @@ __all__ = [
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+DataPlaneMode = Literal["relay", "kernel", "auto"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+DATA_PLANES: tuple[DataPlaneMode, ...] = ("relay", "kernel", "auto")
 MIN_LINE, MAX_LINE = 512, 65536
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 FTP_PORT = 21
@@ -86,6 +88,7 @@ class Config:
     connect_timeout: float = 10.0
     grace_period: float = 30.0
     source_transparent: bool = False  # upstream socket bound to the client's own address
+    data_plane: DataPlaneMode = "relay"  # who carries data connections (docs/data-plane.md)
     log_format: LogFormat = "json"
     log_level: LogLevel = "info"
     kernel_setup: bool = True
@@ -138,6 +141,7 @@ _SPECS: dict[str, _Spec] = {
     "connect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
     "grace_period": _Spec(_NUMBER, seconds(zero_ok=True)),
     "source_transparent": _BOOL,
+    "data_plane": _Spec(str_then(choice(DATA_PLANES)), choice(DATA_PLANES)),
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
     "kernel_setup": _BOOL,
@@ -311,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_arg(check_ifname),
         help="divert FTP arriving on this interface only; repeatable (default: all)",
+    )
+    add(
+        "--data-plane",
+        choices=DATA_PLANES,
+        help="who carries data connections: relay (ftpalg, default), kernel (nftables "
+        "pinholes; needs the kernel set-up), auto (kernel where it can, else relay)",
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")

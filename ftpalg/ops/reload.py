@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from ftpalg.ops.config import Config, ConfigError, build_config
 
-RESTART_ONLY = ("listen", "upstream", "kernel_setup", "tproxy_mark", "route_table",
-                "inside_interfaces", "metrics", "user")  # fmt: skip
+RESTART_ONLY = (
+    "listen", "upstream", "kernel_setup", "tproxy_mark", "route_table", "inside_interfaces",
+    "metrics", "user", "data_plane",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

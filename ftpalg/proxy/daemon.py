@@ -9,17 +9,21 @@ SIGINT, which drain running transfers for the grace period first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
+from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel, nft
+from ftpalg.kernel.conntrack_netns import ensure_conntrack_sysctls
+from ftpalg.kernel.pinholes import TAG_BIT
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
 from ftpalg.ops.privileges import PrivilegeError
 from ftpalg.proxy.gateway import Gateway
+from ftpalg.proxy.kernel_plane import KernelData
 from ftpalg.proxy.sockets import make_listener
 
 
@@ -37,7 +41,25 @@ def bind_listeners(config: Config) -> list[socket.socket]:
     return sockets
 
 
-def kernel_for(config: Config, listeners: list[socket.socket]) -> KernelSetup | None:
+def choose_plane(config: Config) -> tuple[str, str | None]:
+    """("kernel" or "relay", why not the kernel when it was asked for). The kernel data plane
+    needs transparent mode with ftpalg's own kernel set-up (its table holds the pinholes),
+    and no foreign forward chain that would drop what the pinholes admit."""
+    if config.data_plane == "relay":
+        return "relay", None
+    if not (config.transparent and config.kernel_setup):
+        return "relay", "the kernel data plane needs transparent mode with the kernel set-up"
+    dropping = nft.forward_chains_dropping(TAG_BIT)
+    if dropping:
+        rule = f"ct mark & 0x{TAG_BIT:x} == 0x{TAG_BIT:x} accept"
+        why = f"forward chain {', '.join(dropping)} has policy drop and no rule '{rule}'"
+        return "relay", why
+    return "kernel", None
+
+
+def kernel_for(
+    config: Config, listeners: list[socket.socket], pinholes: bool = False
+) -> KernelSetup | None:
     if not config.transparent or not config.kernel_setup:
         return None
     ports = {4: None, 6: None} | {
@@ -48,6 +70,7 @@ def kernel_for(config: Config, listeners: list[socket.socket]) -> KernelSetup | 
         proxy_port_v4=ports[4],
         proxy_port_v6=ports[6],
         inside_ifaces=config.inside_interfaces,
+        pinholes=pinholes,
     )
     return TproxyKernel(plan, route_table=config.route_table)
 
@@ -62,10 +85,15 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 async def serve(
-    config: Config, listeners: list[socket.socket], ops: Operations | None = None
+    config: Config,
+    listeners: list[socket.socket],
+    ops: Operations | None = None,
+    kernel_data: KernelData | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(config, loop, ops.observe if ops is not None else None)
+    gateway = Gateway(config, loop, ops.observe if ops is not None else None, kernel_data)
+    if kernel_data is not None:
+        kernel_data.start(loop, gateway.observe)
     if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops/operations.py)
         await ops.start(gateway)
     await gateway.start(listeners)
@@ -75,7 +103,8 @@ async def serve(
     gateway.log.info("started", listen=[str(e) for e in config.listen],
                      mode="reverse" if config.upstream else "transparent",
                      upstream=str(config.upstream) if config.upstream else None,
-                     policy="loose" if config.loose else "strict")  # fmt: skip
+                     policy="loose" if config.loose else "strict",
+                     data_plane="kernel" if kernel_data else "relay")  # fmt: skip
     await stop.wait()
     gateway.log.info("stopping", sessions=len(gateway.sessions))
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded
@@ -97,25 +126,43 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
             sock.close()
         print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    kernel = kernel_for(config, listeners)
+    plane, why_not = choose_plane(config)
+    if why_not is not None and config.data_plane == "kernel":
+        for sock in listeners:
+            sock.close()
+        ops.close()
+        print(f"ftpalg: data_plane kernel: {why_not}", file=sys.stderr)
+        return 1
+    if why_not is not None:
+        log.warning("data_plane_relay", reason=why_not)
+    kernel = kernel_for(config, listeners, pinholes=plane == "kernel")
+    kernel_data: KernelData | None = None
     try:
         if kernel is not None:
             kernel.setup()
+        if plane == "kernel":
+            ensure_conntrack_sysctls()  # accounting and events for the tagged connections
+            kernel_data = KernelData(ops.observe)
     except (KernelSetupError, OSError) as exc:
         for sock in listeners:
             sock.close()
         ops.close()
+        if kernel is not None:
+            with contextlib.suppress(KernelSetupError, OSError):
+                kernel.teardown()
         print(f"ftpalg: kernel setup failed: {exc}", file=sys.stderr)
         return 1
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
         ops.drop_privileges()  # --user: after the root-only set-up, before the loop
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(config, listeners, ops))
+            runner.run(serve(config, listeners, ops, kernel_data))
     except PrivilegeError as exc:
         print(f"ftpalg: {exc}", file=sys.stderr)
         return 1
     finally:
+        if kernel_data is not None:
+            kernel_data.close()
         ops.close()
         if kernel is not None:
             try:

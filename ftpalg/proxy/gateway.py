@@ -18,7 +18,7 @@ import errno
 import os
 import random
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ftpalg.core import policy as P
@@ -31,7 +31,9 @@ from ftpalg.ops.logs import get_logger
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol
+from ftpalg.proxy.kernel_plane import KernelData, KernelPlane
 from ftpalg.proxy.refusal import refuse
+from ftpalg.proxy.relay_plane import DataPlane
 from ftpalg.proxy.sockets import endpoint, is_local_address, make_dial_socket, set_control_options
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -51,8 +53,13 @@ def core_policy(config: Config) -> P.CorePolicy:
 
 class Gateway:
     def __init__(
-        self, config: Config, loop: asyncio.AbstractEventLoop, observe: Observer | None = None
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        observe: Observer | None = None,
+        kernel_data: KernelData | None = None,
     ) -> None:
+        self.kernel_data = kernel_data  # the kernel data plane, when it carries data
         self.config = config
         self.policy = core_policy(config)
         self.loop = loop
@@ -73,6 +80,14 @@ class Gateway:
             acceptor = Acceptor(self.loop, sock, self.client_connected, self.observe)
             acceptor.start()
             self.acceptors.append(acceptor)
+
+    def _plane_factory(self) -> Callable[[ControlSession], DataPlane] | None:
+        """The kernel plane when the gateway has one; None: the session's relay."""
+        data = self.kernel_data
+        if data is None:
+            return None
+        timeout_ms = int(self.policy.expect_timeout * 1000)
+        return lambda control: KernelPlane(data, control.handle, self.next_conn_id, timeout_ms)
 
     def reconfigure(self, config: Config) -> None:
         """SIGHUP: new settings apply to sessions opened from now on."""
@@ -135,7 +150,8 @@ class Gateway:
     async def _open_session(self, conn: socket.socket, client: Endpoint) -> None:
         self._ids += 1
         sid = f"{self._ids:x}"
-        observe = self.observe.bind(session=sid, client=str(client))
+        plane = "kernel" if self.kernel_data is not None else "relay"
+        observe = self.observe.bind(session=sid, client=str(client), data_plane=plane)
         try:
             local = endpoint(conn.getsockname())
             conn.getpeername()  # ENOTCONN once the client reset: no upstream dial for it
@@ -177,7 +193,8 @@ class Gateway:
     ) -> None:  # fmt: skip
         """Both connections stand: wire them to a new ControlSession. The client half is
         attached first and paused, so the server's banner finds it; reading resumes last."""
-        control = ControlSession(self, Session(faces, self.policy, started, self.rng), observe)
+        core = Session(faces, self.policy, started, self.rng)
+        control = ControlSession(self, core, observe, self._plane_factory())
         try:
             _, half = await self.loop.connect_accepted_socket(
                 lambda: HalfProtocol(None, Side.CLIENT), sock=conn

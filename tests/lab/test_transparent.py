@@ -41,12 +41,18 @@ class Gateway:
         return srv
 
 
-@pytest.fixture(scope="module")
-def gw() -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["relay", "kernel"])
+def gw(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """The whole matrix runs once per data plane: ftpalg relays the data connections, or the
+    kernel carries them through single-use pinholes (docs/data-plane.md), behind a forward
+    chain with policy drop that has only the one documented rule for ftpalg's tag."""
+    plane = request.param
     lab = start_lab()
     try:
-        apply_closed_gateway(lab)
-        alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--listen", "[::]:21"])
+        apply_closed_gateway(lab, pinholes=plane == "kernel")
+        args = ["--listen", "0.0.0.0:21", "--listen", "[::]:21", "--data-plane", plane]
+        alg = start_ftpalg(lab, args)
+        assert alg.named("started")[0]["data_plane"] == plane
         yield Gateway(lab, alg, ServerPool(lab), {})
     finally:
         lab.close()

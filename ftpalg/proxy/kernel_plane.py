@@ -1,0 +1,256 @@
+"""The kernel data plane: expectations become pinholes, the kernel carries the bytes.
+
+How this works (docs/data-plane.md). `KernelData` is the gateway's one link to the kernel:
+the pinhole elements (`kernel/nfnl.py`), the conntrack events of tagged connections
+(`kernel/conntrack.py`) and the SYN/FIN sequence numbers that make byte counts exact
+(`kernel/conntrack_nflog.py`). Each control session has a `KernelPlane` with the relay's four
+verbs:
+
+- `open`: a pinhole for the expectation (peer . face . port), tagged with a fresh id. A face
+  that is a local address (active mode, reverse mode) is held by a bound socket so the
+  gateway's own connections cannot take the port; a face that is not (transparent passive:
+  the server's own address) must not carry a live key already. Either conflict, or the
+  kernel refusing the elements, is a `ListenerFailed`: the core tries another port.
+- a conntrack NEW event with the tag is the connection the pinhole admitted: `DataAccepted`
+  for that session's listener, from the peer the event names;
+- `connect`: the kernel has already joined the two ends (DNAT/SNAT): `DataConnected` at once;
+- the end: the first event in which both directions have sent their FIN (or an RST passed),
+  or the conntrack is gone, ends the connection: bytes per direction from the sequence numbers
+  of SYN and FIN when both were logged (exact), else from the conntrack counters (estimate,
+  bound in `conntrack_payload.py`); then `DataFinished`, as from the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from ftpalg.core.messages import (
+    ConnectData,
+    DataAccepted,
+    DataConnected,
+    DataFinished,
+    Endpoint,
+    Event,
+    ListenerFailed,
+    ListenerOpened,
+    OpenListener,
+)
+from ftpalg.kernel.conntrack import ConntrackOverflow, ConntrackWatcher
+from ftpalg.kernel.conntrack_nflog import SegmentLog, SegmentsLost, record
+from ftpalg.kernel.conntrack_payload import SeqLedger, estimate_payload
+from ftpalg.kernel.conntrack_types import CtEvent, TcpState
+from ftpalg.kernel.errors import KernelSetupError
+from ftpalg.kernel.nfnl import SetElements
+from ftpalg.kernel.pinholes import NFLOG_GROUP, TAG_BIT, Pinhole, close_ops, id_of, open_ops
+from ftpalg.ops.events import Failed, Fault
+from ftpalg.ops.observer import Observer
+from ftpalg.proxy.sockets import is_local_address
+
+
+@dataclass(slots=True)
+class _Open:
+    plane: KernelPlane
+    listener: int
+    pinhole: Pinhole
+    hold: socket.socket | None
+
+
+@dataclass(slots=True)
+class _Running:
+    plane: KernelPlane
+    conn: int
+    started: float
+    first: CtEvent
+
+
+class KernelData:
+    def __init__(self, observe: Observer, table: str = "ftpalg") -> None:
+        """Opens the netlink sockets (as root, before privileges are dropped)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.observe = observe
+        self.watcher = ConntrackWatcher(TAG_BIT, TAG_BIT)  # before any pinhole exists
+        self.elements = SetElements(table)
+        self.segments: SegmentLog | None
+        try:
+            self.segments = SegmentLog(NFLOG_GROUP)
+        except KernelSetupError as exc:  # counts fall back to the estimate
+            observe.log.warning("data_plane_estimated_bytes", error=str(exc))
+            self.segments = None
+        self.ledger = SeqLedger()
+        self._ids = itertools.count(1)
+        self.pinholes: dict[int, _Open] = {}
+        self.keys: set[tuple[object, ...]] = set()
+        self.running: dict[int, _Running] = {}  # conntrack id -> the connection
+
+    def start(self, loop: asyncio.AbstractEventLoop, observe: Observer) -> None:
+        self.loop, self.observe = loop, observe
+        self.loop.add_reader(self.watcher.fileno(), self._on_events)
+        if self.segments is not None:
+            self.loop.add_reader(self.segments.fileno(), self._on_segments)
+
+    def close(self) -> None:
+        for pid in list(self.pinholes):
+            self.unregister(pid)
+        if self.loop is not None:
+            self.loop.remove_reader(self.watcher.fileno())
+            if self.segments is not None:
+                self.loop.remove_reader(self.segments.fileno())
+        self.watcher.close()
+        if self.segments is not None:
+            self.segments.close()
+        self.elements.close()
+
+    def now(self) -> float:
+        assert self.loop is not None, "start() first"
+        return self.loop.time()
+
+    def next_id(self) -> int:
+        """A pinhole id for the ct mark's 31 bits (wraps after 2**31 - 1 pinholes)."""
+        return (next(self._ids) - 1) % 0x7FFFFFFF + 1
+
+    def unregister(self, pid: int) -> None:
+        entry = self.pinholes.pop(pid, None)
+        if entry is None:
+            return
+        self.keys.discard(entry.pinhole.key)
+        if entry.hold is not None:
+            entry.hold.close()
+        try:
+            self.elements.apply(close_ops(entry.pinhole))
+        except KernelSetupError as exc:  # the elements time out with the expectation anyway
+            self.observe(Failed(Fault.INTERNAL, f"pinhole {pid} close: {exc}"))
+
+    # ---- events -------------------------------------------------------------------------
+
+    def _on_segments(self) -> None:
+        assert self.segments is not None
+        try:
+            record(self.ledger, self.segments.read())
+        except SegmentsLost as exc:  # those connections fall back to the estimate
+            record(self.ledger, exc.segments)
+
+    def _on_events(self) -> None:
+        try:
+            events = self.watcher.read()
+        except ConntrackOverflow as exc:
+            events = exc.events
+            seen = {ct.ct_id for ct in self.watcher.dump()}
+            gone = [cid for cid in self.running if cid not in seen]
+            for cid in gone:  # ended while events were lost: report with what is known
+                self._finish(cid, self.running[cid].first, error="events lost")
+        if self.segments is not None:  # a FIN's log message is queued before its event
+            self._on_segments()
+        for ct in events:
+            run = self.running.get(ct.ct_id)
+            if run is None:
+                self._maybe_start(ct)
+            elif ct.fin_sent(0) and ct.fin_sent(1):
+                self._finish(ct.ct_id, ct)
+
+    def _maybe_start(self, ct: CtEvent) -> None:
+        pid = id_of(ct.mark)
+        entry = self.pinholes.get(pid) if pid is not None else None
+        if entry is None or ct.fin_sent(0):
+            return  # a pinhole closed meanwhile, or an event of an ended connection
+        conn = entry.plane.host_conn_id()
+        self.running[ct.ct_id] = _Running(entry.plane, conn, self.now(), ct)
+        peer = Endpoint(ip_address(ct.orig.src), ct.orig.sport)
+        entry.plane.feed(DataAccepted(entry.listener, conn, peer))
+
+    def _finish(self, ct_id: int, ct: CtEvent, error: str | None = None) -> None:
+        run = self.running.pop(ct_id, None)
+        if run is None:
+            return
+        final = ct if ct.orig_counters is not None else (self.watcher.query(ct.orig) or ct)
+        exact = self.ledger.payloads(final)
+        counted = [
+            estimate_payload(c, ct.orig.family).estimate if c is not None else 0
+            for c in (final.orig_counters, final.reply_counters)
+        ]
+        orig, reply = (e if e is not None else c for e, c in zip(exact, counted, strict=True))
+        self.ledger.forget(final)
+        if error is None and ct.tcp_state is TcpState.CLOSE:
+            both_fins = exact[0] is not None and exact[1] is not None
+            error = None if both_fins else "reset"
+        seconds = self.now() - run.started
+        run.plane.feed(DataFinished(run.conn, orig, reply, seconds, error))
+
+
+class KernelPlane:
+    name = "kernel"
+
+    def __init__(
+        self,
+        data: KernelData,
+        feed: Callable[[Event], None],
+        next_conn_id: Callable[[], int],
+        timeout_ms: int,
+    ) -> None:
+        self.data = data
+        self.feed = feed
+        self.host_conn_id = next_conn_id
+        self.timeout_ms = timeout_ms
+        self._open: dict[int, int] = {}  # listener -> pinhole id
+
+    def open(self, action: OpenListener) -> ListenerOpened | ListenerFailed:
+        face = Endpoint(action.host, action.port)
+        pin = Pinhole(self.data.next_id(), action.peer, face, action.target, action.source,
+                      self.timeout_ms)  # fmt: skip
+        hold: socket.socket | None = None
+        if is_local_address(action.host):
+            try:
+                hold = _hold(face)
+            except OSError as exc:
+                return ListenerFailed(action.listener, errno.errorcode.get(exc.errno or 0, "?"))
+        elif pin.key in self.data.keys:
+            return ListenerFailed(action.listener, "EADDRINUSE")
+        try:
+            self.data.elements.apply(open_ops(pin))
+        except KernelSetupError as exc:
+            if hold is not None:
+                hold.close()
+            return ListenerFailed(action.listener, str(exc))
+        self.close(action.listener)  # a retry on another port reuses the listener id
+        self.data.pinholes[pin.pinhole_id] = _Open(self, action.listener, pin, hold)
+        self.data.keys.add(pin.key)
+        self._open[action.listener] = pin.pinhole_id
+        return ListenerOpened(action.listener, action.port)
+
+    def close(self, listener: int) -> None:
+        pid = self._open.pop(listener, None)
+        if pid is not None:
+            self.data.unregister(pid)
+
+    def connect(self, action: ConnectData) -> None:
+        self.feed(DataConnected(action.conn))  # the kernel joined the ends at the first SYN
+
+    def reject(self, conn: int) -> None:
+        """The kernel admitted it already (a pinhole closed while its SYN was on the way):
+        it is not ftpalg's to carry; it is no longer tracked."""
+        for ct_id, run in list(self.data.running.items()):
+            if run.plane is self and run.conn == conn:
+                del self.data.running[ct_id]
+
+    def finish(self) -> None:
+        for listener in list(self._open):
+            self.close(listener)
+
+
+def _hold(face: Endpoint) -> socket.socket:
+    """A bound, not listening socket on a local face: the port stays ftpalg's."""
+    family = socket.AF_INET6 if face.host.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((str(face.host), face.port))
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise
+    return sock
