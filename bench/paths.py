@@ -11,6 +11,8 @@ one server). Idle labs cost nothing. The paths:
 - `kernel`: conntrack + masquerade + the kernel FTP helper (`nf_nat_ftp`): the throughput
   baseline; its CPU cost is softirq time, visible only in the machine-wide column.
 - `ftpalg`: ftpalg in transparent mode (TPROXY) on a gateway that forwards nothing.
+- `ftpalg-kernel`: the same with `--data-plane kernel`: the gateway forwards only what
+  ftpalg's pinholes admit (its forward chain has the one documented rule for the tag).
 - `suse`: SuSE ftp-proxy, transparent through REDIRECT (see `bench.peers`).
 - `proftpd`: proftpd mod_proxy as a reverse proxy; the client connects to the gateway.
 
@@ -30,11 +32,12 @@ from ftpalg.lab.gateway import apply_closed_gateway, apply_kernel_nat, apply_rou
 from ftpalg.lab.netns import Lab, LabError
 from ftpalg.lab.servers import FtpServer, start_vsftpd
 
-PATHS = ("direct", "kernel", "ftpalg", "suse", "proftpd")
+PATHS = ("direct", "kernel", "ftpalg", "ftpalg-kernel", "suse", "proftpd")
 LABELS = {
     "direct": "direct (routing only)",
     "kernel": "kernel NAT + ftp helper",
     "ftpalg": "ftpalg (TPROXY)",
+    "ftpalg-kernel": "ftpalg, kernel data plane",
     "suse": "SuSE ftp-proxy (REDIRECT)",
     "proftpd": "proftpd mod_proxy (reverse)",
 }
@@ -42,6 +45,8 @@ NOTES = {
     "direct": "gateway forwards without NAT or conntrack; the server sees the client",
     "kernel": "nft ct helper ftp + masquerade; CPU is softirq (machine-wide column only)",
     "ftpalg": "transparent, forward policy drop, splice data relay, default log level",
+    "ftpalg-kernel": "transparent, forward policy drop + the pinhole rule, data through "
+    "nftables pinholes (--data-plane kernel)",
     "suse": "transparent via nft redirect + SO_ORIGINAL_DST; no EPSV/EPRT (curl falls "
     "back to PASV/PORT); 227 names the proxy, so clients honour it "
     "(curl --no-ftp-skip-pasv-ip)",
@@ -104,6 +109,10 @@ def _configure(name: str, lab: Lab, server: FtpServer) -> BenchPath:
     if name == "ftpalg":
         apply_closed_gateway(lab)
         alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21"])
+        return BenchPath(name, lab, server, srv, 21, proxy_pid=alg.proc.pid)
+    if name == "ftpalg-kernel":
+        apply_closed_gateway(lab, pinholes=True)
+        alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--data-plane", "kernel"])
         return BenchPath(name, lab, server, srv, 21, proxy_pid=alg.proc.pid)
     if name == "suse":
         proc = peers.start_suse(lab)
