@@ -139,12 +139,8 @@ class KernelData:
     def _on_events(self) -> None:
         try:
             events = self.watcher.read()
-        except ConntrackOverflow as exc:
-            events = exc.events
-            seen = {ct.ct_id for ct in self.watcher.dump()}
-            gone = [cid for cid in self.running if cid not in seen]
-            for cid in gone:  # ended while events were lost: report with what is known
-                self._finish(cid, self.running[cid].first, error="events lost")
+        except ConntrackOverflow as exc:  # some events were lost: re-sync from a dump
+            events = [*exc.events, *self._resync()]
         if self.segments is not None:  # a FIN's log message is queued before its event
             self._on_segments()
         for ct in events:
@@ -153,6 +149,15 @@ class KernelData:
                 self._maybe_start(ct)
             elif ct.fin_sent(0) and ct.fin_sent(1):
                 self._finish(ct.ct_id, ct)
+
+    def _resync(self) -> list[CtEvent]:
+        """After lost events: connections that ended unseen are finished with what is known;
+        the dump's entries are handled like events (a start or an end that was missed)."""
+        snapshot = self.watcher.dump()
+        alive = {ct.ct_id for ct in snapshot}
+        for ct_id in [cid for cid in self.running if cid not in alive]:
+            self._finish(ct_id, self.running[ct_id].first, error="conntrack events lost")
+        return snapshot
 
     def _maybe_start(self, ct: CtEvent) -> None:
         pid = id_of(ct.mark)
