@@ -28,8 +28,12 @@ def ftpalg_version() -> str:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     head = _first(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
     try:
-        status = subprocess.run(["git", "-C", repo, "status", "--porcelain", "ftpalg"],
-                                capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+        status = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "ftpalg"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except OSError:
         return head
     dirty = len(status.splitlines())

@@ -116,8 +116,17 @@ def _configure(name: str, lab: Lab, server: FtpServer) -> BenchPath:
         return BenchPath(name, lab, server, srv, 21, proxy_pid=alg.proc.pid)
     if name == "suse":
         proc = peers.start_suse(lab)
-        return BenchPath(name, lab, server, srv, 21, curl_extra=["--no-ftp-skip-pasv-ip"],
-                         pasv_only=True, honour_pasv=True, proxy_pid=proc.pid)  # fmt: skip
+        return BenchPath(
+            name,
+            lab,
+            server,
+            srv,
+            21,
+            curl_extra=["--no-ftp-skip-pasv-ip"],
+            pasv_only=True,
+            honour_pasv=True,
+            proxy_pid=proc.pid,
+        )
     if name == "proftpd":
         proc = peers.start_proftpd(lab, server.address)
         gw = str(lab.addresses.gw_inside_v4)

@@ -55,8 +55,7 @@ def proftpd_available() -> str | None:
 
 def _start(lab: Lab, argv: list[str], work: Path, address: IPAddress, port: int) -> Any:
     with open(work / "stdout.log", "wb") as out:
-        proc = lab.popen("gw", argv, stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT)  # fmt: skip
+        proc = lab.popen("gw", argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     lab.on_close(lambda: shutil.rmtree(work, ignore_errors=True))
     up = wait_until(
         lambda: proc.poll() is not None or lab.can_connect("gw", address, port, 0.5), 10

@@ -112,8 +112,14 @@ class Netns:
         os.close(fd)
 
     def nft(self, *args: str, stdin: str | None = None) -> None:
-        subprocess.run(["nft", *args], input=stdin, text=True, check=True, capture_output=True,
-                       preexec_fn=self.enter)  # fmt: skip
+        subprocess.run(
+            ["nft", *args],
+            input=stdin,
+            text=True,
+            check=True,
+            capture_output=True,
+            preexec_fn=self.enter,
+        )
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
@@ -193,10 +199,17 @@ def report(rows: list[Row]) -> str:
     lines = [head, tuple("-" * len(h) for h in head)]
     for row in rows:
         wall_med = statistics.median(row.wall)
-        lines.append((
-            row.method, str(row.samples), _us(statistics.median(row.cpu)), _us(_p99(row.cpu)),
-            _us(wall_med), _us(_p99(row.wall)), f"{1 / wall_med:,.0f}",
-        ))  # fmt: skip
+        lines.append(
+            (
+                row.method,
+                str(row.samples),
+                _us(statistics.median(row.cpu)),
+                _us(_p99(row.cpu)),
+                _us(wall_med),
+                _us(_p99(row.wall)),
+                f"{1 / wall_med:,.0f}",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
     for line in lines:
@@ -226,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_nft(ns, args.txn_size, args.nft_txn_repeat, args.nft_each)
     finally:
         ns.delete()
-    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, map {MAP}: "
-          "ipv4_addr . ipv4_addr . inet_service : mark, flags timeout")  # fmt: skip
+    print(
+        f"kernel {os.uname().release}, {os.cpu_count()} CPUs, map {MAP}: "
+        "ipv4_addr . ipv4_addr . inet_service : mark, flags timeout"
+    )
     print(report(rows))
     print("per element; txn rows: one sample = one transaction / its size")
     return 0

@@ -36,8 +36,9 @@ def _stat(pid: int) -> Stat | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces
     # fields[0] is state (field 3); utime is field 14 -> index 11
-    return Stat(pid, int(fields[1]), int(fields[11]) + int(fields[12]),
-                int(fields[13]) + int(fields[14]))  # fmt: skip
+    return Stat(
+        pid, int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    )
 
 
 def _all_stats() -> dict[int, Stat]:

@@ -40,8 +40,18 @@ def _venv_pyspy() -> str | None:
 class Profiler:
     def __init__(self, pid: int, out: Path, native: bool = False, rate: int = 250) -> None:
         binary = _venv_pyspy() or shutil.which("py-spy") or "py-spy"
-        argv = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-                "--rate", str(rate)]  # fmt: skip
+        argv = [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--rate",
+            str(rate),
+        ]
         argv += ["--native"] if native else ["--nonblocking"]
         self.out = out
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

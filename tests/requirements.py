@@ -17,8 +17,9 @@ from ftpalg.lab.netns import lab_required, missing_tools
 def unavailable(reason: str) -> NoReturn:
     """Skip, or fail when the lab is required (FTPALG_LAB_REQUIRED=1)."""
     if lab_required():
-        pytest.fail(f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"lab required (FTPALG_LAB_REQUIRED=1) but unavailable: {reason}", pytrace=False
+        )
     pytest.skip(reason)
 
 

@@ -92,8 +92,17 @@ class DataLegs:
         t = self.notes.finished(ev.conn)
         out.append(
             DataEnded(
-                ev.conn, mode, to_client, to_server, round(ev.seconds, 6), ev.error or "ok",
-                self.notes.user, t.command, t.path, t.type, self.client,
+                ev.conn,
+                mode,
+                to_client,
+                to_server,
+                round(ev.seconds, 6),
+                ev.error or "ok",
+                self.notes.user,
+                t.command,
+                t.path,
+                t.type,
+                self.client,
             )
-        )  # fmt: skip
+        )
         return True

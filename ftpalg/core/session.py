@@ -237,9 +237,10 @@ class Session:
             chooser,
         )
         out.append(
-            OpenListener(listener, plan.face, match.port, plan.accept_from, plan.target,
-                         plan.dial_from)
-        )  # fmt: skip
+            OpenListener(
+                listener, plan.face, match.port, plan.accept_from, plan.target, plan.dial_from
+            )
+        )
 
     # ---- listeners ----------------------------------------------------------------------
 

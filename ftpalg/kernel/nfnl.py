@@ -98,8 +98,9 @@ class NfnlError(KernelSetupError):
 
 
 def _open_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         _NETLINK_NETFILTER)  # fmt: skip
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER
+    )
     try:
         sock.bind((0, 0))
         sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)

@@ -252,13 +252,18 @@ def encode_batch(msgs: Sequence[Msg], begin_seq: int, *, destroy: bool, commit: 
         else:
             mtype, flags = remove_type, _REMOVE_FLAGS
         chunks += (
-            _HDR.pack(24 + len(msg.head) + msg.size, (NFNL_SUBSYS_NFTABLES << 8) | mtype, flags,
-                      msg.seq, 0),
+            _HDR.pack(
+                24 + len(msg.head) + msg.size,
+                (NFNL_SUBSYS_NFTABLES << 8) | mtype,
+                flags,
+                msg.seq,
+                0,
+            ),
             _NFGEN_INET,
             msg.head,
             _NLA.pack(4 + msg.size, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED),
             *msg.elems,
-        )  # fmt: skip
+        )
     if commit:
         end_seq = (msgs[-1].seq if msgs else begin_seq) + 1
         chunks += (_HDR.pack(20, NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, 0), _NFGEN_BATCH)

@@ -81,8 +81,13 @@ def start_ftpalg(
     log = workdir / "ftpalg.log"
     argv = [sys.executable, "-m", "ftpalg", *args, "--log-format", "json"]
     with log.open("wb") as out:
-        proc = lab.popen(role, argv, stdout=out, stderr=subprocess.STDOUT,
-                         env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = lab.popen(
+            role,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
     alg = AlgProcess(lab, proc, log)
     lab.on_close(alg.close)
     deadline = time.monotonic() + ready_timeout

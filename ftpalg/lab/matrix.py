@@ -131,8 +131,9 @@ def run_matrix(
                 reason = reason_line(result.detail)
             elif got != expected:
                 ok, reason = False, f"sha256 mismatch: {got or 'no file'} != {expected}"
-            outcome = Outcome(ok, result.nbytes if ok else 0, result.seconds, reason,
-                              client_cmd, server_cmd)  # fmt: skip
+            outcome = Outcome(
+                ok, result.nbytes if ok else 0, result.seconds, reason, client_cmd, server_cmd
+            )
             outcomes.append(outcome)
             report(i, case, outcome)
     finally:

@@ -133,8 +133,10 @@ def render(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome]]) -> s
         outs = results[path]
         if any(o.client_cmd or o.server_cmd for o in outs):
             text += ["", f"Commands on the {path} path (tcpdump on the gateway's interfaces):"]
-            sub = [[c.mode, f"v{c.version}", c.direction, shorten(o.client_cmd),
-                    shorten(o.server_cmd)] for c, o in zip(cases, outs, strict=True)]  # fmt: skip
+            sub = [
+                [c.mode, f"v{c.version}", c.direction, shorten(o.client_cmd), shorten(o.server_cmd)]
+                for c, o in zip(cases, outs, strict=True)
+            ]
             text += grid(headers[:5], sub, set())
     if notes:
         text += ["", *notes]

@@ -80,8 +80,11 @@ class Operations:
             for name in _PRELOAD:
                 importlib.import_module(name)
             drop_privileges(self.config.user)
-            self.log.info("privileges_dropped", user=self.config.user,
-                          capabilities=["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"])  # fmt: skip
+            self.log.info(
+                "privileges_dropped",
+                user=self.config.user,
+                capabilities=["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"],
+            )
 
     async def start(self, gateway: Any) -> None:
         """Before ``gateway.start()`` (a gateway made with `observe`): serve metrics, handle

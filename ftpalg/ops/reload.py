@@ -24,9 +24,16 @@ from dataclasses import dataclass
 from ftpalg.ops.config import Config, ConfigError, build_config
 
 RESTART_ONLY = (
-    "listen", "upstream", "kernel_setup", "tproxy_mark", "route_table", "inside_interfaces",
-    "metrics", "user", "data_plane",
-)  # fmt: skip
+    "listen",
+    "upstream",
+    "kernel_setup",
+    "tproxy_mark",
+    "route_table",
+    "inside_interfaces",
+    "metrics",
+    "user",
+    "data_plane",
+)
 
 
 @dataclass(frozen=True, slots=True)

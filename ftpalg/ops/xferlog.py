@@ -58,12 +58,24 @@ def format_line(ended: DataEnded, now: float) -> str:
     user = _text(ended.user, "*")
     kind = "a" if ended.type.upper() in ("A", "E") else "b"
     seconds = max(1, round(ended.seconds))
-    return " ".join([
-        time.ctime(now), str(seconds), str(ended.client.host),
-        str(size), filename, kind, "_", "i" if upload else "o",
-        "a" if user.lower() in _ANONYMOUS else "r", user, "ftp", "0", "*",
-        "c" if ended.ok else "i",
-    ])  # fmt: skip
+    return " ".join(
+        [
+            time.ctime(now),
+            str(seconds),
+            str(ended.client.host),
+            str(size),
+            filename,
+            kind,
+            "_",
+            "i" if upload else "o",
+            "a" if user.lower() in _ANONYMOUS else "r",
+            user,
+            "ftp",
+            "0",
+            "*",
+            "c" if ended.ok else "i",
+        ]
+    )
 
 
 class XferLog:

@@ -95,8 +95,14 @@ class Acceptor:
         except OSError:
             pass
         else:
-            refuse(conn, OUT_OF_RESOURCES, Refusal.LIMITS, endpoint(peer), self.observe,
-                   "out of file descriptors")  # fmt: skip
+            refuse(
+                conn,
+                OUT_OF_RESOURCES,
+                Refusal.LIMITS,
+                endpoint(peer),
+                self.observe,
+                "out of file descriptors",
+            )
         self._spare = self._open_spare()
 
     def _resume(self) -> None:

@@ -100,11 +100,14 @@ async def serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway.log.info("started", listen=[str(e) for e in config.listen],
-                     mode="reverse" if config.upstream else "transparent",
-                     upstream=str(config.upstream) if config.upstream else None,
-                     policy="loose" if config.loose else "strict",
-                     data_plane="kernel" if kernel_data else "relay")  # fmt: skip
+    gateway.log.info(
+        "started",
+        listen=[str(e) for e in config.listen],
+        mode="reverse" if config.upstream else "transparent",
+        upstream=str(config.upstream) if config.upstream else None,
+        policy="loose" if config.loose else "strict",
+        data_plane="kernel" if kernel_data else "relay",
+    )
     await stop.wait()
     gateway.log.info("stopping", sessions=len(gateway.sessions))
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded

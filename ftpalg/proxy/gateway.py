@@ -188,9 +188,13 @@ class Gateway:
         return None
 
     async def _start_session(
-        self, conn: socket.socket, up_sock: socket.socket, faces: Faces, observe: Observer,
+        self,
+        conn: socket.socket,
+        up_sock: socket.socket,
+        faces: Faces,
+        observe: Observer,
         started: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Both connections stand: wire them to a new ControlSession. The client half is
         attached first and paused, so the server's banner finds it; reading resumes last."""
         core = Session(faces, self.policy, started, self.rng)
@@ -218,8 +222,7 @@ class Gateway:
         self.sessions.add(control)
         mode = "reverse" if self.config.upstream else "transparent"
         connect_ms = round((self.loop.time() - started) * 1000, 3)
-        observe(SessionOpened(faces.server, faces.server_face, faces.client_face, mode,
-                              connect_ms))  # fmt: skip
+        observe(SessionOpened(faces.server, faces.server_face, faces.client_face, mode, connect_ms))
         half.start(control)
         return None
 
@@ -246,8 +249,9 @@ class Gateway:
                 return await self.dial(target, Endpoint(source.host, 0))
         try:
             address = (str(target.host), target.port)
-            await asyncio.wait_for(self.loop.sock_connect(sock, address),
-                                   self.config.connect_timeout)  # fmt: skip
+            await asyncio.wait_for(
+                self.loop.sock_connect(sock, address), self.config.connect_timeout
+            )
         except TimeoutError:
             sock.close()
             raise OSError(f"timed out after {self.config.connect_timeout:g} s") from None

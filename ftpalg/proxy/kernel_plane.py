@@ -206,8 +206,9 @@ class KernelPlane:
 
     def open(self, action: OpenListener) -> ListenerOpened | ListenerFailed:
         face = Endpoint(action.host, action.port)
-        pin = Pinhole(self.data.next_id(), action.peer, face, action.target, action.source,
-                      self.timeout_ms)  # fmt: skip
+        pin = Pinhole(
+            self.data.next_id(), action.peer, face, action.target, action.source, self.timeout_ms
+        )
         hold: socket.socket | None = None
         if is_local_address(action.host):
             try:

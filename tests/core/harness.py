@@ -29,8 +29,8 @@ def ep(text: str) -> Endpoint:
     return Endpoint(ip_address(host.strip("[]")), int(port))
 
 
-# reference §8: client 172.20.9.84, server 172.20.9.80; NAT shows the client as 203.0.113.5
-# and the client reaches the server as 198.51.100.80 (a DNAT'd public address).
+# the kernel write-up's lab: client 172.20.9.84, server 172.20.9.80; NAT shows the client
+# as 203.0.113.5 and the client reaches the server as 198.51.100.80 (a DNAT'd public address).
 FACES_V4 = Faces(
     client=ep("172.20.9.84:4666"),
     server=ep("172.20.9.80:21"),
@@ -87,8 +87,13 @@ class Outcome:
     target: str = ""
 
 
-def outcome(side: Side, line: bytes, faces: Faces = FACES_V4, policy: CorePolicy | None = None,
-            bound_port: int | None = None) -> Outcome:  # fmt: skip
+def outcome(
+    side: Side,
+    line: bytes,
+    faces: Faces = FACES_V4,
+    policy: CorePolicy | None = None,
+    bound_port: int | None = None,
+) -> Outcome:
     session = new_session(faces, policy)
     actions = session.receive(side, line, 0.0)
     opens = [a for a in actions if isinstance(a, OpenListener)]

@@ -8,9 +8,24 @@ from pathlib import Path
 import ftpalg.core
 
 FORBIDDEN = {
-    "asyncio", "socket", "selectors", "os", "subprocess", "pyroute2", "structlog", "uvloop",
-    "threading", "select", "ssl", "signal", "time", "logging", "io", "shutil", "pathlib",
-}  # fmt: skip
+    "asyncio",
+    "socket",
+    "selectors",
+    "os",
+    "subprocess",
+    "pyroute2",
+    "structlog",
+    "uvloop",
+    "threading",
+    "select",
+    "ssl",
+    "signal",
+    "time",
+    "logging",
+    "io",
+    "shutil",
+    "pathlib",
+}
 
 
 def imported_modules(tree: ast.AST) -> set[str]:

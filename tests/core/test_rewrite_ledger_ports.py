@@ -1,4 +1,4 @@
-"""Output formats, the seed capture (reference §5.4) and the port chooser."""
+"""Output formats, the seed capture (frame 13, docs/parity.md) and the port chooser."""
 
 from __future__ import annotations
 
@@ -49,8 +49,11 @@ def seed_session(client_face: str) -> tuple[object, bytes]:
     actions = s.receive(CLIENT, SEED_PREFIX + SEED_PORT, 0.0)
     (open_,) = [a for a in actions if isinstance(a, OpenListener)]
     assert open_.port == 4675
-    sent = [a.data for a in s.handle(ListenerOpened(open_.listener, 4675), 0.0)
-            if isinstance(a, Send) and a.side is SERVER]  # fmt: skip
+    sent = [
+        a.data
+        for a in s.handle(ListenerOpened(open_.listener, 4675), 0.0)
+        if isinstance(a, Send) and a.side is SERVER
+    ]
     return s, sent[0]
 
 
@@ -69,7 +72,7 @@ def test_seed_case_c_delta_plus_3_matches_kernel_table() -> None:
     s2c: SeqCorrection = s.ledger[SERVER]  # type: ignore[attr-defined]
     assert (c2s.correction_pos, c2s.offset_before, c2s.offset_after) == (32, 0, 3)
     assert (s2c.correction_pos, s2c.offset_before, s2c.offset_after) == (0, 0, 0)
-    # reference §5.4 table, row by row
+    # the kernel's correction record after each packet of the seed capture, row by row
     assert c2s.map_seq(32) == 32  # the PORT itself: + offset_before
     assert c2s.map_ack(59) == 56  # server's ACK of it
     assert c2s.map_seq(56) == 59  # LIST after it

@@ -73,11 +73,20 @@ def test_eprt_ipv6_dotted_tail_accepted() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"PORT 1,2,3,4,5,6", b"PORT 256,2,3,4,5,6\r\n", b"PORT 1,2,3,4,0,0\r\n",
-     b"PORT 99999999999999999999,2,3,4,5,6\r\n", b"PORT 4294967296,2,3,4,5,6\r\n",
-     b"EPRT |1|1.2.3|4|\r\n", b"EPRT |1|1.2.3.256|4|\r\n", b"EPRT |1\r\n", b"EPRT\r\n",
-     b"EPRT |1|1.2.3.4||\r\n", b"EPRT |1|1.2.3.4|99999999999|\r\n"],
-)  # fmt: skip
+    [
+        b"PORT 1,2,3,4,5,6",
+        b"PORT 256,2,3,4,5,6\r\n",
+        b"PORT 1,2,3,4,0,0\r\n",
+        b"PORT 99999999999999999999,2,3,4,5,6\r\n",
+        b"PORT 4294967296,2,3,4,5,6\r\n",
+        b"EPRT |1|1.2.3|4|\r\n",
+        b"EPRT |1|1.2.3.256|4|\r\n",
+        b"EPRT |1\r\n",
+        b"EPRT\r\n",
+        b"EPRT |1|1.2.3.4||\r\n",
+        b"EPRT |1|1.2.3.4|99999999999|\r\n",
+    ],
+)
 def test_client_malformed(line: bytes) -> None:
     assert isinstance(parse_client_line(line), Malformed)
 
@@ -131,10 +140,15 @@ def test_port_roundtrip(octets: tuple[int, int, int, int], port: int, prefix: by
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2001:db8:1::00002", "2001:db8:1::2"), ("::0.0.0.02", "::2"),
-     ("0002001:db8::1", "2001:db8::1"),
-     ("2001:db8::10002", None), ("::1.2.3.256", None), ("1::2::3", None)],
-)  # fmt: skip
+    [
+        ("2001:db8:1::00002", "2001:db8:1::2"),
+        ("::0.0.0.02", "::2"),
+        ("0002001:db8::1", "2001:db8::1"),
+        ("2001:db8::10002", None),
+        ("::1.2.3.256", None),
+        ("1::2::3", None),
+    ],
+)
 def test_eprt_ipv6_accepts_leading_zeros_like_in6_pton(text: str, expected: str | None) -> None:
     m = parse_client_line(f"EPRT |2|{text}|4675|\r\n".encode(), v6=True)
     if expected is None:

@@ -332,8 +332,9 @@ def test_batches_of_1000_appear_completely(lab: Any) -> None:
     ns, el = _ns(lab)
     keys = [(V4(int(C4) + i // 250), S4, Port(10_000 + i)) for i in range(1000)]
     with el:
-        el.apply(ElementOp.add("pasv4", k, (Mark(i + 1),), timeout_ms=60_000) for i, k in
-                 enumerate(keys))  # fmt: skip
+        el.apply(
+            ElementOp.add("pasv4", k, (Mark(i + 1),), timeout_ms=60_000) for i, k in enumerate(keys)
+        )
         got = _listing(lab, ns, "pasv4")
         assert len(got) == 1000
         for i, (client, server, port) in enumerate(keys):

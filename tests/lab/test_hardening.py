@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,8 +31,10 @@ from tests.lab.conftest import Baseline, baseline, idle_fds, start_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
 
-ALG_ARGS = ["--listen", "0.0.0.0:21", "--connect-timeout", "2", "--expect-timeout", "2",
-            "--line-timeout", "2", "--data-ports", "45000-45001"]  # fmt: skip
+ALG_ARGS = shlex.split(
+    "--listen 0.0.0.0:21 --connect-timeout 2 --expect-timeout 2 --line-timeout 2"
+    " --data-ports 45000-45001"
+)
 
 
 @dataclass
@@ -47,8 +50,11 @@ class Shared:
     idle_fds: int = 0  # ftpalg's descriptors at rest, after its first session
 
     def client(self, host: str, *lines: str) -> list[str]:
-        out = self.lab.run("cli", ["python3", "-m", "ftpalg.lab.scripted", "client", host, "21",
-                                   *lines], timeout=30)  # fmt: skip
+        out = self.lab.run(
+            "cli",
+            ["python3", "-m", "ftpalg.lab.scripted", "client", host, "21", *lines],
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         replies: list[str] = json.loads(out.stdout)
         return replies
@@ -250,8 +256,9 @@ def test_bounce_and_low_ports_refused_server_never_sees_it(env: Env, target: str
     }[target]
     numbers = ",".join([*host.split("."), str(port >> 8), str(port & 255)])
     eprt = f"EPRT |1|{host}|{port}|\\r\\n"
-    replies = env.client(str(env.pyftpd.address), *login(), f"PORT {numbers}\\r\\n", eprt,
-                         "NOOP\\r\\n")  # fmt: skip
+    replies = env.client(
+        str(env.pyftpd.address), *login(), f"PORT {numbers}\\r\\n", eprt, "NOOP\\r\\n"
+    )
     assert replies[-3].startswith("500 Illegal PORT") and replies[-2].startswith("500 Illegal")
     assert replies[-1].startswith("200")  # the session carries on
     assert len(env.named("command_refused")) == 2
@@ -289,9 +296,11 @@ print("SHA", hashlib.sha256(body).hexdigest(), ftp.voidresp().split()[0])
 
 @pytest.mark.parametrize(
     ("line", "expect"),
-    [("@long 1000000", "500 Command rejected: line longer than 4096"),
-     ("NOOP \\x00\\r\\n", "500 Command rejected: NUL byte")],
-)  # fmt: skip
+    [
+        ("@long 1000000", "500 Command rejected: line longer than 4096"),
+        ("NOOP \\x00\\r\\n", "500 Command rejected: NUL byte"),
+    ],
+)
 def test_long_line_and_nul_end_the_session(
     env: Env, line: str, expect: str, tmp_path: Path
 ) -> None:
@@ -341,9 +350,14 @@ def test_malformed_227_forwarded_and_session_continues(env: Env) -> None:
 
 
 def test_escapes_never_reach_the_log_raw_and_pass_never_logged(env: Env) -> None:
-    env.client(str(env.pyftpd.address), "USER lab\\r\\n", "PASS sw0rdfish\\r\\n",
-               "PORT 1,2\\x1b[31m\\r\\n", "EPRT |1|\\x1b]0;pwn\\x07|1|\\r\\n",
-               "PORT 1,2,3\\rX\\r\\n")  # fmt: skip
+    env.client(
+        str(env.pyftpd.address),
+        "USER lab\\r\\n",
+        "PASS sw0rdfish\\r\\n",
+        "PORT 1,2\\x1b[31m\\r\\n",
+        "EPRT |1|\\x1b]0;pwn\\x07|1|\\r\\n",
+        "PORT 1,2,3\\rX\\r\\n",
+    )
     assert wait_until(lambda: len(env.named("session_closed")) == 1, 5)
     raw = env.base.log_since()
     assert len(env.named("malformed_command_refused")) >= 2  # the hostile lines were logged
@@ -362,8 +376,11 @@ def test_sigterm_drains_a_running_transfer(tmp_path: Path) -> None:
         digest = make_file(srv.root, "f.bin", 48 << 20)
         alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--grace-period", "20"])
         out = tmp_path / "f.bin"
-        curl = lab.popen("cli", ["curl", "-sS", "--limit-rate", "16M", "-o", str(out),
-                                 f"ftp://{srv.address}/f.bin"], stderr=subprocess.PIPE)  # fmt: skip
+        curl = lab.popen(
+            "cli",
+            ["curl", "-sS", "--limit-rate", "16M", "-o", str(out), f"ftp://{srv.address}/f.bin"],
+            stderr=subprocess.PIPE,
+        )
         assert wait_until(lambda: bool(alg.named("data_accepted")), 10)
         assert alg.stop(timeout=30) == 0
         assert curl.wait(30) == 0

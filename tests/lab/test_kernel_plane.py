@@ -74,9 +74,13 @@ def test_byte_counts_equal_the_file_sizes(
     up_name = f"up-{mode}.bin"
     up_digest = make_file(tmp_path, up_name, SIZE + 1, seed=8)
     up = run_transfer(
-        env.lab, mode, env.server.target, env.server.upload_path(up_name), tmp_path / up_name,
+        env.lab,
+        mode,
+        env.server.target,
+        env.server.upload_path(up_name),
+        tmp_path / up_name,
         upload=True,
-    )  # fmt: skip
+    )
     assert up.ok, up.detail
     assert sha256_file(env.server.uploaded(up_name)) == up_digest
     assert wait_until(lambda: len(finished(env, since)) >= 2, 10), env.alg.tail()

@@ -30,8 +30,9 @@ def _need_lab() -> None:
 
 def ftpalg_lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "ftpalg", "lab", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=220, cwd=REPO,
-                          env=os.environ | (env or {}))  # fmt: skip
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=220, cwd=REPO, env=os.environ | (env or {})
+    )
 
 
 def lab_id(stderr: str) -> str:
@@ -88,8 +89,9 @@ def test_lab_kernel_shows_both_paths_side_by_side() -> None:
 def test_lab_keep_waits_for_ctrl_c_then_tears_down() -> None:
     _need_lab()
     argv = [sys.executable, "-m", "ftpalg", "lab", "--keep", "--quick", "--size", "64k"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         assert proc.stdout is not None
         seen = []

@@ -18,9 +18,16 @@ from ftpalg.lab.table import Case, Outcome, all_ok, reason_line, render, shorten
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("1048576", 1 << 20), ("64k", 64 << 10), ("8M", 8 << 20), ("8MiB", 8 << 20),
-     ("1G", 1 << 30), ("2gb", 2 << 30), ("0", 0)],
-)  # fmt: skip
+    [
+        ("1048576", 1 << 20),
+        ("64k", 64 << 10),
+        ("8M", 8 << 20),
+        ("8MiB", 8 << 20),
+        ("1G", 1 << 30),
+        ("2gb", 2 << 30),
+        ("0", 0),
+    ],
+)
 def test_parse_size(text: str, size: int) -> None:
     assert command.parse_size(text) == size
 
@@ -28,27 +35,40 @@ def test_parse_size(text: str, size: int) -> None:
 def test_human_size() -> None:
     sizes = [8 << 20, 64 << 10, 1 << 30, 1000, 0, (1 << 20) + 1]
     assert [command.human_size(n) for n in sizes] == [
-        "8 MiB", "64 KiB", "1 GiB", "1000 bytes", "0 bytes", "1048577 bytes",
-    ]  # fmt: skip
+        "8 MiB",
+        "64 KiB",
+        "1 GiB",
+        "1000 bytes",
+        "0 bytes",
+        "1048577 bytes",
+    ]
 
 
 def test_defaults() -> None:
     args = command.build_lab_parser().parse_args([])
     assert (args.server, args.size, args.kernel, args.keep, args.quick) == (
-        "pyftpdlib", 8 << 20, False, False, False,
-    )  # fmt: skip
+        "pyftpdlib",
+        8 << 20,
+        False,
+        False,
+        False,
+    )
     args = command.build_lab_parser().parse_args(
         ["--server", "vsftpd", "--size", "1M", "--kernel", "--keep", "--quick"]
     )
     assert (args.server, args.size, args.kernel, args.keep, args.quick) == (
-        "vsftpd", 1 << 20, True, True, True,
-    )  # fmt: skip
+        "vsftpd",
+        1 << 20,
+        True,
+        True,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
-    "argv", [["--size", "ten"], ["--size", "99G"], ["--server", "proftpd"], ["--bogus"],
-             ["--kern"]],
-)  # fmt: skip
+    "argv",
+    [["--size", "ten"], ["--size", "99G"], ["--server", "proftpd"], ["--bogus"], ["--kern"]],
+)
 def test_bad_flags_are_one_line_and_exit_2(argv: list[str], capsys: Any) -> None:
     assert cli.main(["lab", *argv]) == 2
     err = capsys.readouterr().err
@@ -94,8 +114,9 @@ def test_alg_commands_put_before_and_after_on_the_right_side() -> None:
     alg.events.append({"event": "rewrite", "kind": "PORT", "before": "old", "after": "x"})
     cmds = matrix.AlgCommands(alg)  # type: ignore[arg-type]
     assert cmds.take() == (None, None)  # only what came after it was made
-    alg.events.append({"event": "rewrite", "kind": "PORT", "before": "PORT c\\r\\n",
-                       "after": "PORT s\\r\\n"})  # fmt: skip
+    alg.events.append(
+        {"event": "rewrite", "kind": "PORT", "before": "PORT c\\r\\n", "after": "PORT s\\r\\n"}
+    )
     assert cmds.take() == ("PORT c\\r\\n", "PORT s\\r\\n")  # client sent before, server saw after
     alg.events.append({"event": "rewrite", "kind": "229", "before": "229 s", "after": "229 c"})
     assert cmds.take() == ("229 c", "229 s")  # the server sent before, the client saw after
@@ -178,8 +199,19 @@ def _tcp(sport: int, dport: int, seq: int, payload: bytes) -> bytes:
 
 
 def _v4(src: str, dst: str, tcp: bytes) -> bytes:
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))  # fmt: skip
+    ip = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(tcp),
+        0,
+        0,
+        64,
+        6,
+        0,
+        bytes(map(int, src.split("."))),
+        bytes(map(int, dst.split("."))),
+    )
     return b"\x02" * 12 + b"\x08\x00" + ip + tcp + b"\x00" * 6  # Ethernet padding after it
 
 
@@ -230,8 +262,10 @@ def test_failure_context_shows_server_log_and_ftpalg_warnings() -> None:
 
     class Alg:
         def events(self) -> list[dict[str, Any]]:
-            return [{"event": "rewrite", "level": "info"},
-                    {"event": "data_theft_refused", "level": "warning", "peer": "x"}]  # fmt: skip
+            return [
+                {"event": "rewrite", "level": "info"},
+                {"event": "data_theft_refused", "level": "warning", "peer": "x"},
+            ]
 
     lines = command.failure_context(Server(), Alg(), lines=2)  # type: ignore[arg-type]
     assert lines == [

@@ -64,8 +64,14 @@ def test_unprivileged_gateway_counts_transfers_and_cleans_up(tmp_path: Path) -> 
         result = run_transfer(lab, "curl-port", srv.target, "ops.bin", tmp_path / "down.bin")
         assert result.ok and result.sha256 == digest, result.detail
         make_file(tmp_path, "up.bin", up)
-        result = run_transfer(lab, "curl-pasv", srv.target, srv.upload_path("up.bin"),
-                              tmp_path / "up.bin", upload=True)  # fmt: skip
+        result = run_transfer(
+            lab,
+            "curl-pasv",
+            srv.target,
+            srv.upload_path("up.bin"),
+            tmp_path / "up.bin",
+            upload=True,
+        )
         assert result.ok, result.detail
         assert sha256_file(srv.uploaded("up.bin")) == sha256_file(tmp_path / "up.bin")
         deadline = time.monotonic() + 10
@@ -105,10 +111,21 @@ def test_started_unprivileged_with_ambient_capabilities_like_the_systemd_unit(
     try:
         apply_closed_gateway(lab)
         caps = "+net_admin,+net_bind_service,+dac_read_search"
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                f"--inh-caps=-all,{caps}", f"--ambient-caps={caps}",
-                f"--bounding-set=-all,{caps}", "--no-new-privs",
-                sys.executable, "-m", "ftpalg", "--listen", "0.0.0.0:21"]  # fmt: skip
+        argv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            f"--inh-caps=-all,{caps}",
+            f"--ambient-caps={caps}",
+            f"--bounding-set=-all,{caps}",
+            "--no-new-privs",
+            sys.executable,
+            "-m",
+            "ftpalg",
+            "--listen",
+            "0.0.0.0:21",
+        ]
         proc = lab.popen("gw", argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 15

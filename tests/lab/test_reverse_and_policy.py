@@ -40,8 +40,10 @@ def reverse() -> Iterator[Reverse]:
         for kind, port in REVERSE_KINDS.items():
             srv = start_server(lab, kind, a.client_v4, port)
             digest = make_file(srv.root, "f.bin", 3 << 20)
-            alg = start_ftpalg(lab, ["--listen", f"{a.gw_outside_v4}:{port}",
-                                     "--upstream", f"{a.client_v4}:{port}"])  # fmt: skip
+            alg = start_ftpalg(
+                lab,
+                ["--listen", f"{a.gw_outside_v4}:{port}", "--upstream", f"{a.client_v4}:{port}"],
+            )
             target = FtpTarget(a.gw_outside_v4, port, srv.user, srv.password)
             found[kind] = (srv, alg, target, digest)
         yield Reverse(lab, found)
@@ -57,8 +59,9 @@ def test_reverse_mode_all_clients(reverse: Reverse, kind: str, mode: str, tmp_pa
     assert down.ok, down.detail
     assert down.sha256 == digest
     name = f"up-{mode}.bin"
-    up = run_transfer(reverse.lab, mode, target, srv.upload_path(name), tmp_path / "down.bin",
-                      upload=True)  # fmt: skip
+    up = run_transfer(
+        reverse.lab, mode, target, srv.upload_path(name), tmp_path / "down.bin", upload=True
+    )
     assert up.ok, up.detail
     assert sha256_file(srv.uploaded(name)) == digest
 

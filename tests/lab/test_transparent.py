@@ -135,8 +135,11 @@ def test_client_sees_active_data_from_the_server(gw: Gateway, kind: str) -> None
     srv = gw.server(kind)
     a = gw.lab.addresses
     user, password = srv.user or "-", srv.password or "-"
-    run = gw.lab.run("cli", ["python3", "-c", ACTIVE_PEER_SCRIPT, str(srv.address), user,
-                             password, str(a.client_v4)], timeout=30)  # fmt: skip
+    run = gw.lab.run(
+        "cli",
+        ["python3", "-c", ACTIVE_PEER_SCRIPT, str(srv.address), user, password, str(a.client_v4)],
+        timeout=30,
+    )
     assert run.returncode == 0, run.stderr
     host, port, nbytes = run.stdout.split()
     assert host == str(srv.address) and nbytes == "1"

@@ -44,7 +44,7 @@ def test_mirror(run: ParityRun, case_id: str) -> None:
 
 @pytest.mark.parametrize("case_id", [c.id for c in CASES if c.cls in (DEVIATION, STALL)])
 def test_deviation_outcome(run: ParityRun, case_id: str) -> None:
-    """The kernel did what the reference says and ftpalg what SPEC/docs/core.md say."""
+    """The kernel did what the case says and ftpalg what docs/core.md says."""
     r = _result(run, case_id)
     assert r.ok, (r.verdict, r.detail, r.case.ftpalg, r.kernel, r.ftpalg)
 

@@ -70,8 +70,9 @@ def ftp_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def ftp_server(ftp_root: Path) -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, str(ftp_root), str(port)],
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_CODE, str(ftp_root), str(port)], stderr=subprocess.PIPE
+    )
     try:
         wait_port("127.0.0.1", port, proc)
         yield port
@@ -94,12 +95,25 @@ def launch_alg(
     wraps the command (e.g. prlimit)."""
     port = free_port("127.0.0.2")
     log = tmp_path / f"ftpalg-{port}.log"
-    args = [*prefix, sys.executable, "-m", "ftpalg", "--listen", f"127.0.0.2:{port}",
-            "--upstream", f"127.0.0.1:{upstream_port}",
-            "--log-format", "json", "--grace-period", "2", *extra]  # fmt: skip
+    args = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "ftpalg",
+        "--listen",
+        f"127.0.0.2:{port}",
+        "--upstream",
+        f"127.0.0.1:{upstream_port}",
+        "--log-format",
+        "json",
+        "--grace-period",
+        "2",
+        *extra,
+    ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+        )
     try:
         wait_port("127.0.0.2", port, proc)
     except BaseException:

@@ -65,8 +65,9 @@ def test_metrics_and_xferlog_count_a_real_session(
     down, up = 300_001, 12_345
     (ftp_root / "src.bin").write_bytes(os.urandom(down))
     mport, xferlog = free_port("127.0.0.2"), tmp_path / "xfer.log"
-    alg = launch_alg(tmp_path, ftp_server, "--metrics", f"127.0.0.2:{mport}",
-                     "--xferlog", str(xferlog))  # fmt: skip
+    alg = launch_alg(
+        tmp_path, ftp_server, "--metrics", f"127.0.0.2:{mport}", "--xferlog", str(xferlog)
+    )
     url = f"http://127.0.0.2:{mport}/metrics"
     try:
         # launch_alg's port probe becomes a session or is abandoned before its upstream
@@ -92,8 +93,10 @@ def test_metrics_and_xferlog_count_a_real_session(
 
         def finished() -> bool:
             after = scrape(url)
-            return (value(after, "ftpalg_data_bytes_total", direction="to_server") == up
-                    and value(after, "ftpalg_sessions_active", mode="reverse") == 0)  # fmt: skip
+            return (
+                value(after, "ftpalg_data_bytes_total", direction="to_server") == up
+                and value(after, "ftpalg_sessions_active", mode="reverse") == 0
+            )
 
         wait_for(finished)
         after = scrape(url)
@@ -123,12 +126,27 @@ def test_metrics_and_xferlog_count_a_real_session(
     lines = [line.split() for line in xferlog.read_text().splitlines()]
     assert len(lines) == 2
     retr, stor = lines
-    assert retr[5:] == ["1", "127.0.0.1", str(down), "src.bin", "b", "_", "o", "r", "user",
-                        "ftp", "0", "*", "c"]  # fmt: skip
+    assert retr[5:] == [
+        "1",
+        "127.0.0.1",
+        str(down),
+        "src.bin",
+        "b",
+        "_",
+        "o",
+        "r",
+        "user",
+        "ftp",
+        "0",
+        "*",
+        "c",
+    ]
     assert stor[7:] == [str(up), "up_load.bin", "b", "_", "i", "r", "user", "ftp", "0", "*", "c"]
     done = events(alg, "data_finished")
     assert [(e["user"], e["command"], e["path"]) for e in done] == [
-        ("user", "RETR", "src.bin"), ("user", "STOR", "up load.bin")]  # fmt: skip
+        ("user", "RETR", "src.bin"),
+        ("user", "STOR", "up load.bin"),
+    ]
     assert "secret" not in alg.log_text() and "secret" not in xferlog.read_text()
 
 
@@ -212,8 +230,13 @@ def test_sighup_under_load_leaves_a_running_transfer_untouched(
 
 
 def check(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ftpalg", "--check-config", *argv],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ftpalg", "--check-config", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
 
 
 def test_check_config(tmp_path: Path) -> None:

@@ -39,8 +39,12 @@ def test_ftplib_download_and_upload(
     assert sha256(ftp_root / "up.bin") == sha256(local)
 
 
-CURL_MODES = {"epsv": [], "pasv": ["--disable-epsv"], "eprt": ["-P", "-"],
-              "port": ["-P", "-", "--disable-eprt"]}  # fmt: skip
+CURL_MODES = {
+    "epsv": [],
+    "pasv": ["--disable-epsv"],
+    "eprt": ["-P", "-"],
+    "port": ["-P", "-", "--disable-eprt"],
+}
 
 
 @pytest.mark.parametrize("mode", sorted(CURL_MODES))
@@ -48,8 +52,11 @@ def test_curl_modes(reverse_alg: Alg, ftp_root: Path, tmp_path: Path, mode: str)
     (ftp_root / "f.bin").write_bytes(os.urandom(300_000))
     out = tmp_path / "f.bin"
     url = f"ftp://user:secret@{reverse_alg.host}:{reverse_alg.port}/f.bin"
-    run = subprocess.run(["curl", "-sS", "--max-time", "20", *CURL_MODES[mode], url, "-o",
-                          str(out)], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", *CURL_MODES[mode], url, "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert sha256(out) == sha256(ftp_root / "f.bin")
 
@@ -84,15 +91,27 @@ def test_line_limit_and_sigterm(reverse_alg: Alg) -> None:
 
 
 def test_bad_flags_are_one_line_errors() -> None:
-    run = subprocess.run([sys.executable, "-m", "ftpalg", "--listen", "nonsense"],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "ftpalg", "--listen", "nonsense"], capture_output=True, text=True
+    )
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("ftpalg: ")
 
 
 def test_listener_in_use_is_a_one_line_error(reverse_alg: Alg) -> None:
-    run = subprocess.run([sys.executable, "-m", "ftpalg", "--listen",
-                          f"{reverse_alg.host}:{reverse_alg.port}", "--upstream", "127.0.0.1:21"],
-                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftpalg",
+            "--listen",
+            f"{reverse_alg.host}:{reverse_alg.port}",
+            "--upstream",
+            "127.0.0.1:21",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and "cannot listen on" in run.stderr
