@@ -174,12 +174,16 @@ class KernelData:
         if run is None:
             return
         final = ct if ct.orig_counters is not None else (self.watcher.query(ct.orig) or ct)
-        exact = self.ledger.payloads(final)
         counted = [
-            estimate_payload(c, ct.orig.family).estimate if c is not None else 0
+            estimate_payload(c, ct.orig.family) if c is not None else None
             for c in (final.orig_counters, final.reply_counters)
         ]
-        orig, reply = (e if e is not None else c for e, c in zip(exact, counted, strict=True))
+        highs = (counted[0].high if counted[0] else None, counted[1].high if counted[1] else None)
+        exact = self.ledger.payloads(final, highs)  # the bounds resolve wraps past 4 GiB
+        orig, reply = (
+            e if e is not None else (c.estimate if c is not None else 0)
+            for e, c in zip(exact, counted, strict=True)
+        )
         self.ledger.forget(final)
         if error is None and ct.tcp_state is TcpState.CLOSE:
             both_fins = exact[0] is not None and exact[1] is not None
