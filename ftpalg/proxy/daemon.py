@@ -15,9 +15,9 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
-from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel, nft
+from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
 from ftpalg.kernel.conntrack_netns import ensure_conntrack_sysctls
-from ftpalg.kernel.pinholes import TAG_BIT
+from ftpalg.kernel.pinholes import forward_blocked
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
@@ -49,12 +49,8 @@ def choose_plane(config: Config) -> tuple[str, str | None]:
         return "relay", None
     if not (config.transparent and config.kernel_setup):
         return "relay", "the kernel data plane needs transparent mode with the kernel set-up"
-    dropping = nft.forward_chains_dropping(TAG_BIT)
-    if dropping:
-        rule = f"ct mark & 0x{TAG_BIT:x} == 0x{TAG_BIT:x} accept"
-        why = f"forward chain {', '.join(dropping)} has policy drop and no rule '{rule}'"
-        return "relay", why
-    return "kernel", None
+    why = forward_blocked()
+    return ("relay", why) if why is not None else ("kernel", None)
 
 
 def kernel_for(

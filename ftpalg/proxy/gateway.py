@@ -25,6 +25,7 @@ from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
 from ftpalg.core.observations import Refusal
 from ftpalg.core.session import Faces, Session
+from ftpalg.kernel.pinholes import forward_blocked
 from ftpalg.ops.config import Config
 from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused, UpstreamConnectFailed
 from ftpalg.ops.logs import get_logger
@@ -60,6 +61,7 @@ class Gateway:
         kernel_data: KernelData | None = None,
     ) -> None:
         self.kernel_data = kernel_data  # the kernel data plane, when it carries data
+        self.kernel_blocked: str | None = None  # why new sessions use the relay instead
         self.config = config
         self.policy = core_policy(config)
         self.loop = loop
@@ -82,16 +84,34 @@ class Gateway:
             self.acceptors.append(acceptor)
 
     def _plane_factory(self) -> Callable[[ControlSession], DataPlane] | None:
-        """The kernel plane when the gateway has one; None: the session's relay."""
+        """The kernel plane when the gateway has one that may be used; None: the relay."""
         data = self.kernel_data
-        if data is None:
+        if data is None or self.kernel_blocked is not None:
             return None
         timeout_ms = int(self.policy.expect_timeout * 1000)
         return lambda control: KernelPlane(data, control.handle, self.next_conn_id, timeout_ms)
 
     def reconfigure(self, config: Config) -> None:
-        """SIGHUP: new settings apply to sessions opened from now on."""
+        """SIGHUP: new settings apply to sessions opened from now on; the kernel data plane's
+        check of foreign forward chains runs again (docs/data-plane.md)."""
         self.config, self.policy = config, core_policy(config)
+        if self.kernel_data is not None:
+            self.check_forward_chains()
+
+    def check_forward_chains(self) -> None:
+        """A foreign forward chain that drops what the pinholes admit: with `auto`, new
+        sessions use the relay until it is fixed (a warning says which rule is missing);
+        with `kernel` forced, an error says so and the kernel plane stays."""
+        why = forward_blocked()
+        if why is None:
+            if self.kernel_blocked is not None:
+                self.log.info("data_plane_kernel", reason="the forward chains accept the tag")
+            self.kernel_blocked = None
+        elif self.config.data_plane == "kernel":
+            self.log.error("data_plane_blocked", reason=why)
+        else:
+            self.kernel_blocked = why
+            self.log.warning("data_plane_relay", reason=why)
 
     def next_conn_id(self) -> int:
         self._conn_ids += 1
@@ -150,7 +170,8 @@ class Gateway:
     async def _open_session(self, conn: socket.socket, client: Endpoint) -> None:
         self._ids += 1
         sid = f"{self._ids:x}"
-        plane = "kernel" if self.kernel_data is not None else "relay"
+        kernel = self.kernel_data is not None and self.kernel_blocked is None
+        plane = "kernel" if kernel else "relay"
         observe = self.observe.bind(session=sid, client=str(client), data_plane=plane)
         try:
             local = endpoint(conn.getsockname())

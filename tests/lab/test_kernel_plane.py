@@ -12,6 +12,7 @@ transfer matrix that test_transparent.py runs on both planes.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,5 +171,35 @@ def test_a_foreign_drop_chain_without_the_rule(plane: str) -> None:
         assert run.returncode == 1 and len(lines) == 1, run.stderr
         assert lines[0].startswith("ftpalg: data_plane kernel: forward chain"), lines
         assert PINHOLE_RULE in lines[0]
+    finally:
+        lab.close()
+
+
+def test_sighup_rechecks_the_forward_chains(tmp_path: Path) -> None:
+    """`auto` on a gateway whose firewall has the rule: the kernel plane. The rule goes away
+    and SIGHUP: new sessions use the relay, with a warning naming the rule; it comes back and
+    SIGHUP: the kernel plane again. Every transfer arrives intact."""
+    lab = start_lab()
+    try:
+        apply_closed_gateway(lab, pinholes=True)
+        server = start_server(lab, "vsftpd", lab.addresses.servers_v4[1])
+        digest = make_file(server.root, "f.bin", 1 << 20, seed=9)
+        alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--data-plane", "auto"])
+        assert alg.named("started")[0]["data_plane"] == "kernel"
+        for rule, plane in ((False, "relay"), (True, "kernel")):
+            apply_closed_gateway(lab, pinholes=rule)
+            mark = alg.mark()
+            alg.proc.send_signal(signal.SIGHUP)
+            assert wait_until(lambda m=mark: bool(alg.named("reloaded", since=m)), 10)
+            if plane == "relay":
+                (warning,) = alg.named("data_plane_relay", since=mark)
+                assert PINHOLE_RULE in str(warning["reason"]), warning
+            else:
+                assert alg.named("data_plane_kernel", since=mark)
+            result = run_transfer(lab, "curl-epsv", server.target, "f.bin", tmp_path / "f.bin")
+            assert result.ok and result.sha256 == digest, result.detail
+            assert wait_until(lambda m=mark: bool(alg.named("data_finished", since=m)), 10)
+            (ended,) = alg.named("data_finished", since=mark)
+            assert ended["data_plane"] == plane and ended["bytes_to_client"] == 1 << 20
     finally:
         lab.close()
