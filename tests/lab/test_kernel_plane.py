@@ -203,3 +203,48 @@ def test_sighup_rechecks_the_forward_chains(tmp_path: Path) -> None:
             assert ended["data_plane"] == plane and ended["bytes_to_client"] == 1 << 20
     finally:
         lab.close()
+
+
+def test_500_sessions_each_with_a_pinhole(env: Env, since: Baseline) -> None:
+    """500 control sessions at once, each with its PORT's pinhole open (active mode: the
+    server's range of passive ports is smaller than that); then each fetches through its own
+    pinhole: every byte arrives, every transfer is counted, nothing is left open."""
+    make_file(env.server.root, "small.bin", 1000, seed=11)
+    code = """
+import ftplib, socket, sys
+server, me, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sessions = []
+for _ in range(n):
+    ftp = ftplib.FTP(server, timeout=20)
+    ftp.login()
+    ftp.voidcmd("TYPE I")
+    listener = socket.create_server((me, 0))
+    ftp.sendport(me, listener.getsockname()[1])
+    sessions.append((ftp, listener))
+print("OPEN", flush=True)
+sys.stdin.readline()  # the test counts the pinholes now
+ok = 0
+for ftp, listener in sessions:
+    ftp.putcmd("RETR small.bin")
+    ftp.getresp()
+    data, _ = listener.accept()
+    body = b""
+    while chunk := data.recv(65536):
+        body += chunk
+    data.close()
+    ok += len(body) == 1000 and ftp.voidresp().startswith("226")
+    ftp.quit()
+print("OK", ok, flush=True)
+"""
+    me = str(env.lab.addresses.client_v4)
+    argv = ["python3", "-c", code, str(env.server.address), me, "500"]
+    client = env.lab.popen("cli", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdout is not None and client.stdout.readline().strip() == "OPEN"
+    assert len(pinhole_elements(env)) == 500
+    out, _ = client.communicate("\n", timeout=120)
+    assert out.strip() == "OK 500", out
+    assert wait_until(lambda: len(finished(env, since)) == 500, 20), len(finished(env, since))
+    ends = finished(env, since)
+    assert all((e["bytes_to_client"], e["result"]) == (1000, "ok") for e in ends), ends[:3]
+    baseline(env.alg)  # every session closed
+    assert pinhole_elements(env) == []
