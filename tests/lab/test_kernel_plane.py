@@ -248,3 +248,45 @@ print("OK", ok, flush=True)
     assert all((e["bytes_to_client"], e["result"]) == (1000, "ok") for e in ends), ends[:3]
     baseline(env.alg)  # every session closed
     assert pinhole_elements(env) == []
+
+
+def test_a_data_tuple_reused_while_in_time_wait(env: Env, since: Baseline) -> None:
+    """Two active transfers in a row to the same client port: the server connects from port
+    20 to the same gateway port twice, so the second SYN meets the first connection's
+    conntrack in TIME_WAIT, which the kernel replaces; the second PORT's fresh pinhole
+    admits it and both transfers are whole and counted."""
+    code = """
+import ftplib, hashlib, socket, sys
+server, me = sys.argv[1], sys.argv[2]
+ftp = ftplib.FTP(server, timeout=20)
+ftp.login()
+ftp.voidcmd("TYPE I")
+port = None
+for _ in range(2):
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((me, port or 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    ftp.sendport(me, port)
+    ftp.putcmd("RETR f.bin")
+    ftp.getresp()
+    data, peer = listener.accept()
+    body = b""
+    while chunk := data.recv(65536):
+        body += chunk
+    data.close()
+    listener.close()
+    print(peer[1], port, hashlib.sha256(body).hexdigest(), ftp.voidresp()[:3], flush=True)
+ftp.quit()
+"""
+    me = str(env.lab.addresses.client_v4)
+    out = env.lab.run("cli", ["python3", "-c", code, str(env.server.address), me], timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0][:2] == rows[1][:2], rows  # same 4-tuple both times
+    assert all(row[2:] == [env.digest, "226"] for row in rows), rows
+    assert wait_until(lambda: len(finished(env, since)) == 2, 10)
+    assert [e["bytes_to_client"] for e in finished(env, since)] == [SIZE, SIZE]
+    listens = [e["listen"] for e in env.alg.events(since.log) if e["event"] == "rewrite"]
+    assert len(listens) == 2 and listens[0] == listens[1], listens  # the same gateway port
