@@ -204,3 +204,13 @@ def forward_chains_dropping(
             if key in chains and '"mark"' in text and str(mark) in text and '"accept"' in text:
                 chains[key] = True
     return [" ".join(key) for key, ok in chains.items() if not ok]
+
+
+def forward_blocked(netns: str | None = None) -> str | None:
+    """Why the kernel cannot carry ftpalg's data connections: a foreign forward chain with
+    policy drop and without `pinholes.OPERATOR_RULE` (None: nothing drops them)."""
+    dropping = forward_chains_dropping(pinholes.TAG_BIT, netns=netns)
+    if not dropping:
+        return None
+    rule = pinholes.OPERATOR_RULE
+    return f"forward chain {', '.join(dropping)} has policy drop and no rule '{rule}'"

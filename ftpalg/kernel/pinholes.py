@@ -93,17 +93,6 @@ def close_ops(p: Pinhole) -> list[ElementOp]:
 OPERATOR_RULE = f"ct mark & 0x{TAG_BIT:x} == 0x{TAG_BIT:x} accept"  # docs/data-plane.md
 
 
-def forward_blocked(netns: str | None = None) -> str | None:
-    """Why the kernel cannot carry ftpalg's data connections: a foreign forward chain with
-    policy drop and without `OPERATOR_RULE` (None: nothing drops them)."""
-    from ftpalg.kernel.nft import forward_chains_dropping  # nft.py imports this module
-
-    dropping = forward_chains_dropping(TAG_BIT, netns=netns)
-    if not dropping:
-        return None
-    return f"forward chain {', '.join(dropping)} has policy drop and no rule '{OPERATOR_RULE}'"
-
-
 def render_sets(version: int) -> list[str]:
     """The sets and maps of one family, as lines of the table body."""
     addr = "ipv4_addr" if version == 4 else "ipv6_addr"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
 from ftpalg.kernel.conntrack_netns import ensure_conntrack_sysctls
-from ftpalg.kernel.pinholes import forward_blocked
+from ftpalg.kernel.nft import forward_blocked
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
@@ -89,7 +89,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     gateway = Gateway(config, loop, ops.observe if ops is not None else None, kernel_data)
     if kernel_data is not None:
-        kernel_data.start(loop, gateway.observe)
+        kernel_data.start(loop)
     if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops/operations.py)
         await ops.start(gateway)
     await gateway.start(listeners)
@@ -109,6 +109,16 @@ async def serve(
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded
 
 
+def _give_up(message: str, listeners: list[socket.socket], ops: Operations | None = None) -> int:
+    """Before the loop runs: release what was set up so far, one line, exit status 1."""
+    for sock in listeners:
+        sock.close()
+    if ops is not None:
+        ops.close()
+    print(f"ftpalg: {message}", file=sys.stderr)
+    return 1
+
+
 def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     configure(config.log_format, config.log_level)
     log = get_logger()
@@ -121,17 +131,10 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     try:
         ops.prepare()
     except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _give_up(str(exc.strerror or exc), listeners)
     plane, why_not = choose_plane(config)
     if why_not is not None and config.data_plane == "kernel":
-        for sock in listeners:
-            sock.close()
-        ops.close()
-        print(f"ftpalg: data_plane kernel: {why_not}", file=sys.stderr)
-        return 1
+        return _give_up(f"data_plane kernel: {why_not}", listeners, ops)
     if why_not is not None:
         log.warning("data_plane_relay", reason=why_not)
     kernel = kernel_for(config, listeners, pinholes=plane == "kernel")
@@ -143,14 +146,10 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
             ensure_conntrack_sysctls()  # accounting and events for the tagged connections
             kernel_data = KernelData(ops.observe)
     except (KernelSetupError, OSError) as exc:
-        for sock in listeners:
-            sock.close()
-        ops.close()
         if kernel is not None:
             with contextlib.suppress(KernelSetupError, OSError):
                 kernel.teardown()
-        print(f"ftpalg: kernel setup failed: {exc}", file=sys.stderr)
-        return 1
+        return _give_up(f"kernel setup failed: {exc}", listeners, ops)
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
         ops.drop_privileges()  # --user: after the root-only set-up, before the loop

@@ -25,7 +25,7 @@ from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
 from ftpalg.core.observations import Refusal
 from ftpalg.core.session import Faces, Session
-from ftpalg.kernel.pinholes import forward_blocked
+from ftpalg.kernel.nft import forward_blocked
 from ftpalg.ops.config import Config
 from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused, UpstreamConnectFailed
 from ftpalg.ops.logs import get_logger
@@ -83,13 +83,16 @@ class Gateway:
             acceptor.start()
             self.acceptors.append(acceptor)
 
-    def _plane_factory(self) -> Callable[[ControlSession], DataPlane] | None:
-        """The kernel plane when the gateway has one that may be used; None: the relay."""
+    def _plane_factory(self) -> tuple[str, Callable[[ControlSession], DataPlane] | None]:
+        """A new session's data plane, by name: the kernel's when the gateway has one that
+        may be used (with the factory that makes it), else the relay (None: the default)."""
         data = self.kernel_data
         if data is None or self.kernel_blocked is not None:
-            return None
+            return "relay", None
         timeout_ms = int(self.policy.expect_timeout * 1000)
-        return lambda control: KernelPlane(data, control.handle, self.next_conn_id, timeout_ms)
+        return "kernel", lambda control: KernelPlane(
+            data, control.handle, self.next_conn_id, timeout_ms
+        )
 
     def reconfigure(self, config: Config) -> None:
         """SIGHUP: new settings apply to sessions opened from now on; the kernel data plane's
@@ -170,9 +173,7 @@ class Gateway:
     async def _open_session(self, conn: socket.socket, client: Endpoint) -> None:
         self._ids += 1
         sid = f"{self._ids:x}"
-        kernel = self.kernel_data is not None and self.kernel_blocked is None
-        plane = "kernel" if kernel else "relay"
-        observe = self.observe.bind(session=sid, client=str(client), data_plane=plane)
+        observe = self.observe.bind(session=sid, client=str(client))
         try:
             local = endpoint(conn.getsockname())
             conn.getpeername()  # ENOTCONN once the client reset: no upstream dial for it
@@ -219,7 +220,9 @@ class Gateway:
         """Both connections stand: wire them to a new ControlSession. The client half is
         attached first and paused, so the server's banner finds it; reading resumes last."""
         core = Session(faces, self.policy, started, self.rng)
-        control = ControlSession(self, core, observe, self._plane_factory())
+        plane, make_plane = self._plane_factory()  # chosen once: the log says what carries
+        observe = observe.bind(data_plane=plane)
+        control = ControlSession(self, core, observe, make_plane)
         try:
             _, half = await self.loop.connect_accepted_socket(
                 lambda: HalfProtocol(None, Side.CLIENT), sock=conn

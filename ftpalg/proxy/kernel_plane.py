@@ -89,8 +89,8 @@ class KernelData:
         self.keys: set[tuple[object, ...]] = set()
         self.running: dict[int, _Running] = {}  # conntrack id -> the connection
 
-    def start(self, loop: asyncio.AbstractEventLoop, observe: Observer) -> None:
-        self.loop, self.observe = loop, observe
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.loop.add_reader(self.watcher.fileno(), self._on_events)
         if self.segments is not None:
             self.loop.add_reader(self.segments.fileno(), self._on_segments)
