@@ -142,3 +142,56 @@ def concurrency(requested: int, warmup: int = 50) -> dict[str, Any]:
             "server_rss_delta_kib": srss1 - srss0,
             "ftpalg_survived": alive,
         }
+
+
+def verdict(c: dict[str, Any] | None, kib_per_session: float) -> list[dict[str, Any]]:
+    """The report's verdict line for the result of `concurrency()` (none without one)."""
+    if not c:
+        return []
+    all_ok = c["banners_ok"] == c["sessions"] == c["noop_ok"]
+    per = c["rss_per_session_kib"] or 0.0
+    capped = f" (of {c['requested']} asked: {c['limited_by']})" if c["limited_by"] else ""
+    return [
+        {
+            "target": "idle sessions",
+            "goal": f"{c['requested']} banners + NOOPs, <= {kib_per_session:.0f} KiB RSS each",
+            "measured": f"{c['banners_ok']} banners{capped}, {c['noop_ok']} NOOPs, "
+            f"{per:.1f} KiB/session",
+            "pass": all_ok and per <= kib_per_session,
+        }
+    ]
+
+
+def _fmt(value: float | None, fmt: str = ".2f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown(c: dict[str, Any] | None) -> list[str]:
+    """The report's section for the result of `concurrency()` (none without one)."""
+    if not c:
+        return []
+    return [
+        "",
+        "## Idle sessions through ftpalg",
+        "",
+        "pyftpdlib server (one process); RSS = ftpalg's resident memory."
+        + (
+            f" Only {c['sessions']} of the {c['requested']} sessions asked for fit: "
+            f"{c['limited_by']}, and raising it needs CAP_SYS_RESOURCE, which this "
+            "machine does not grant (10,000 sessions are 20,000 sockets in ftpalg)."
+            if c["limited_by"]
+            else ""
+        ),
+        "",
+        "| sessions | banners | NOOP answered | open time s | ftpalg fds | "
+        "ftpalg RSS before → open MiB | KiB/session | after NOOP KiB/session | "
+        "ftpalg CPU ms/session open | server RSS Δ MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {c['sessions']} | {c['banners_ok']} | {c['noop_ok']} | "
+        f"{c['open_seconds']:.1f} | {c['ftpalg_fds_open']} | "
+        f"{c['ftpalg_rss_before_kib'] / 1024:.1f} → {c['ftpalg_rss_open_kib'] / 1024:.1f}"
+        f" | {_fmt(c['rss_per_session_kib'], '.1f')} | "
+        f"{_fmt(c['rss_per_session_after_noop_kib'], '.1f')} | "
+        f"{_fmt(c['ftpalg_cpu_ms_per_session_open'])} | "
+        f"{c['server_rss_delta_kib'] / 1024:.1f} |",
+    ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench import idle, loaded
 from bench.paths import LABELS, NOTES
 from bench.phases import COMBOS
 
@@ -93,6 +94,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     base = s["latency"].get("direct")
     for entry in s["latency"].values():
         entry["added_p50_us"] = entry["median"] - base["median"] if base else None
+    s["loaded_latency"] = loaded.summarize(raw)
     s["concurrency"] = raw.get("concurrency")
     s["verdict"] = verdict(s)
     return s
@@ -166,20 +168,8 @@ def verdict(s: dict[str, Any]) -> list[dict[str, Any]]:
                 lat["added_p50_us"] <= TARGETS["noop_added_p50_us"],
             )
         )
-    c = s.get("concurrency")
-    if c:
-        all_ok = c["banners_ok"] == c["sessions"] == c["noop_ok"]
-        per = c["rss_per_session_kib"] or 0.0
-        capped = f" (of {c['requested']} asked: {c['limited_by']})" if c["limited_by"] else ""
-        out.append(
-            _check(
-                "idle sessions",
-                f"{c['requested']} banners + NOOPs, <= "
-                f"{TARGETS['rss_per_session_kib']:.0f} KiB RSS each",
-                f"{c['banners_ok']} banners{capped}, {c['noop_ok']} NOOPs, {per:.1f} KiB/session",
-                all_ok and per <= TARGETS["rss_per_session_kib"],
-            )
-        )
+    out += loaded.verdict(s)
+    out += idle.verdict(s.get("concurrency"), TARGETS["rss_per_session_kib"])
     return out
 
 
@@ -284,33 +274,8 @@ def markdown(s: dict[str, Any], images: dict[str, str]) -> str:
         for key in ("sessions", "latency"):
             if key in images:
                 lines += ["", f"![{key}]({images[key]})"]
-    c = s.get("concurrency")
-    if c:
-        lines += [
-            "",
-            "## Idle sessions through ftpalg",
-            "",
-            "pyftpdlib server (one process); RSS = ftpalg's resident memory."
-            + (
-                f" Only {c['sessions']} of the {c['requested']} sessions asked for fit: "
-                f"{c['limited_by']}, and raising it needs CAP_SYS_RESOURCE, which this "
-                "machine does not grant (10,000 sessions are 20,000 sockets in ftpalg)."
-                if c["limited_by"]
-                else ""
-            ),
-            "",
-            "| sessions | banners | NOOP answered | open time s | ftpalg fds | "
-            "ftpalg RSS before → open MiB | KiB/session | after NOOP KiB/session | "
-            "ftpalg CPU ms/session open | server RSS Δ MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            f"| {c['sessions']} | {c['banners_ok']} | {c['noop_ok']} | "
-            f"{c['open_seconds']:.1f} | {c['ftpalg_fds_open']} | "
-            f"{c['ftpalg_rss_before_kib'] / 1024:.1f} → {c['ftpalg_rss_open_kib'] / 1024:.1f}"
-            f" | {_num(c['rss_per_session_kib'], '.1f')} | "
-            f"{_num(c['rss_per_session_after_noop_kib'], '.1f')} | "
-            f"{_num(c['ftpalg_cpu_ms_per_session_open'])} | "
-            f"{c['server_rss_delta_kib'] / 1024:.1f} |",
-        ]
+    lines += loaded.markdown(s, cfg)
+    lines += idle.markdown(s.get("concurrency"))
     lines += ["", "## Reading the numbers", "", *NOTES_TEXT]
     if s.get("profiles"):
         lines += ["", "## Profiles of missed targets (py-spy, ftpalg process)", ""]

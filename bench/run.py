@@ -5,7 +5,8 @@ proftpd + mod_proxy unpacked privately). Scratch space and every server's work d
 on tmpfs (/dev/shm), so the big file is written once, hard-linked into each server root and
 never touches the disk; uploads land on tmpfs and are deleted after each run. One lab per path
 (`bench.paths`), then the phases in order: throughput, session rate, NOOP latency (alternating
-rounds, `bench.phases`), idle sessions (`bench.idle`). While the ftpalg lab still stands,
+rounds, `bench.phases`), NOOP latency under a download on both ftpalg data planes
+(`bench.loaded`), idle sessions (`bench.idle`). While the ftpalg lab still stands,
 every missed target's workload is run again under py-spy (`bench.profile`). Outputs: all raw
 runs in bench/results/bench-<time>.json, the summary in bench/summary.json, the report in
 docs/benchmarks.md with charts in docs/img/. `--quick` (16 MiB, one round, short runs, 200
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import charts, idle, machine, paths, phases, procstat, profile, report
+from bench import charts, idle, loaded, machine, paths, phases, procstat, profile, report
 from ftpalg.lab.servers import make_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ FULL = {
     "noops": 2000,
     "idle_sessions": 10000,
 }
+PHASES = ("throughput", "sessions", "latency", "loaded_latency", "idle")
 QUICK = {
     "size_mib": 16,
     "runs": 1,
@@ -56,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny version (for the test suite)")
     p.add_argument("--paths", default=",".join(paths.PATHS), help="comma-separated subset")
-    p.add_argument("--skip", default="", help="phases to skip: throughput,sessions,latency,idle")
+    p.add_argument("--skip", default="", help="phases to skip: " + ",".join(PHASES))
     for key, value in FULL.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     p.add_argument("--results-dir", type=Path, default=REPO / "bench/results")
@@ -126,6 +128,9 @@ def run(args: argparse.Namespace, cfg: dict[str, Any], scratch: Path) -> dict[st
         if "latency" not in skip:
             phases.log("NOOP latency")
             raw["latency"] = phases.noop_latency(built, cfg["runs"], cfg["noops"])
+        if "loaded_latency" not in skip:
+            phases.log("NOOP latency under a download (ftpalg relay and kernel data plane)")
+            raw["loaded_latency"] = loaded.measure(built, cfg["runs"], cfg["noops"], "big.bin")
         if "idle" not in skip:
             phases.log(f"{cfg['idle_sessions']} idle sessions through ftpalg")
             try:

@@ -1,8 +1,9 @@
 """The benchmark command still works: `python -m bench --quick` end to end, no timing asserted.
 
-Runs the tiny version (16 MiB transfers checked by sha256, one short round of session rate and
-NOOP latency, 200 idle sessions through ftpalg) with every output redirected to a temporary
-directory, then checks the structure of what it wrote. Paths whose C peer is not installed
+Runs the tiny version (16 MiB transfers checked by sha256, one short round of session rate,
+NOOP latency idle and under a download on both ftpalg data planes, 200 idle sessions through
+ftpalg) with every output redirected to a temporary directory, then checks the structure of
+what it wrote. Paths whose C peer is not installed
 are reported as unavailable by the bench; the three that need only the lab must be there.
 """
 
@@ -53,12 +54,24 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     assert {r["path"] for r in raw["latency"]} == set(summary["paths"])
     assert all(r["p50_us"] > 0 and r["n"] == 200 for r in raw["latency"])
 
+    # NOOPs under a download, idle and loaded, on both ftpalg data planes
+    planes = [p for p in ("ftpalg", "ftpalg-kernel") if p in summary["paths"]]
+    loads = {(r["path"], r["load"]) for r in raw["loaded_latency"]}
+    assert loads == {(p, load) for p in planes for load in ("idle", "download")}
+    for r in raw["loaded_latency"]:
+        assert r["n"] == 200 and 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"], r
+        if r["load"] == "download":
+            assert r["transfers"] >= 1 and r["download_bytes"] == r["transfers"] << 24, r
+
     idle = raw["concurrency"]
     assert idle["banners_ok"] == idle["sessions"] == idle["noop_ok"] == 200
     assert idle["ftpalg_survived"] and idle["rss_per_session_kib"] is not None
 
     saved = json.loads(summary_path.read_text())
     assert {"throughput", "sessions", "latency", "concurrency", "verdict"} <= saved.keys()
+    if len(planes) == 2:
+        assert saved["loaded_latency"]["added_p99_us"] is not None
+        assert "NOOP p99 under load" in {v["target"] for v in saved["verdict"]}
     targets = {v["target"] for v in saved["verdict"]}
     assert {"throughput", "CPU per GiB", "session rate", "NOOP latency", "idle sessions"} <= targets
     assert all(v["pass"] in (True, False, None) for v in saved["verdict"])
@@ -69,6 +82,7 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
         "## Verdict",
         "## Bulk throughput",
         "## Session rate",
+        "## Control latency under a data transfer",
         "## Idle sessions",
     ):
         assert heading in text
