@@ -1,8 +1,9 @@
 """The kernel adapter: everything ftpalg changes in the kernel, behind two verbs.
 
-How this works: :class:`KernelSetup` is ``setup()`` + ``teardown()``. Its one
-implementation, :class:`TproxyKernel`, installs the TPROXY policy routing (``routing.py``,
-pyroute2) and then ftpalg's nftables table (``nft.py``, ``nft -f -``).
+How this works: :class:`KernelSetup` is ``setup()`` + ``teardown()``. In transparent mode,
+:class:`TproxyKernel` installs the TPROXY policy routing (``routing.py``, pyroute2) and then
+ftpalg's nftables table (``nft.py``, ``nft -f -``); in reverse mode with the kernel data
+plane, :class:`PinholeTable` installs only the table (pinholes, no diversion).
 
 Subtle rules:
 
@@ -27,7 +28,7 @@ from ftpalg.kernel import nft, routing
 from ftpalg.kernel.errors import KernelSetupError
 from ftpalg.kernel.nft import NftPlan
 
-__all__ = ["KernelSetup", "KernelSetupError", "NftPlan", "TproxyKernel"]
+__all__ = ["KernelSetup", "KernelSetupError", "NftPlan", "PinholeTable", "TproxyKernel"]
 
 
 class KernelSetup(Protocol):
@@ -67,3 +68,17 @@ class TproxyKernel:
             first = first or exc
         if first is not None:
             raise first
+
+
+class PinholeTable:
+    """Only ftpalg's table (reverse mode: nothing to divert, the kernel data plane's sets)."""
+
+    def __init__(self, plan: NftPlan, netns: str | None = None) -> None:
+        self.plan = plan
+        self.netns = netns
+
+    def setup(self) -> None:
+        nft.apply(nft.render(self.plan), netns=self.netns)
+
+    def teardown(self) -> None:
+        nft.remove(self.plan.table, netns=self.netns)

@@ -43,13 +43,14 @@ _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 # backslashes (they would break the nft string) but allow nft's trailing '*' wildcard.
 _IFACE_RE = re.compile(r'^[^\s/:"\\]{1,15}$')
 _NFT_TIMEOUT_S = 30.0
+TABLE = "ftpalg"  # the default name of ftpalg's table (one instance per table: claim.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NftPlan:
     """What ftpalg's nftables table must do. ``inside_ifaces=()`` means all interfaces."""
 
-    table: str = "ftpalg"
+    table: str = TABLE
     mark: int = 1
     proxy_port_v4: int | None
     proxy_port_v6: int | None

@@ -88,7 +88,7 @@ class Config:
     connect_timeout: float = 10.0
     grace_period: float = 30.0
     source_transparent: bool = False  # upstream socket bound to the client's own address
-    data_plane: DataPlaneMode = "relay"  # who carries data connections (docs/data-plane.md)
+    data_plane: DataPlaneMode = "auto"  # who carries data connections (docs/data-plane.md)
     log_format: LogFormat = "json"
     log_level: LogLevel = "info"
     kernel_setup: bool = True
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--data-plane",
         choices=DATA_PLANES,
-        help="who carries data connections: relay (ftpalg, default), kernel (nftables "
-        "pinholes; needs the kernel set-up), auto (kernel where it can, else relay)",
+        help="who carries data connections: auto (default: the kernel where it can, else "
+        "the relay), kernel (nftables pinholes; needs the kernel set-up), relay (ftpalg)",
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")

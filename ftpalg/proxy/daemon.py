@@ -14,10 +14,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, TproxyKernel
+from structlog.typing import FilteringBoundLogger
+
+from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, PinholeTable, TproxyKernel
+from ftpalg.kernel.claim import claim_table
 from ftpalg.kernel.conntrack_netns import ensure_conntrack_sysctls
-from ftpalg.kernel.nft import forward_blocked
+from ftpalg.kernel.nft import TABLE, forward_blocked
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
@@ -42,22 +46,50 @@ def bind_listeners(config: Config) -> list[socket.socket]:
 
 
 def choose_plane(config: Config) -> tuple[str, str | None]:
-    """("kernel" or "relay", why not the kernel when it was asked for). The kernel data plane
-    needs transparent mode with ftpalg's own kernel set-up (its table holds the pinholes),
-    and no foreign forward chain that would drop what the pinholes admit."""
+    """("kernel" or "relay", why not the kernel when it was asked for)."""
     if config.data_plane == "relay":
         return "relay", None
-    if not (config.transparent and config.kernel_setup):
-        return "relay", "the kernel data plane needs transparent mode with the kernel set-up"
-    why = forward_blocked()
+    why = kernel_plane_unavailable(config)
     return ("relay", why) if why is not None else ("kernel", None)
+
+
+def kernel_plane_unavailable(config: Config) -> str | None:
+    """Why the kernel cannot carry this configuration's data connections (None: it can). It
+    needs ftpalg's own kernel set-up (its table holds the pinholes), forwarding in reverse
+    mode (the data connections then pass through the gateway instead of ending in ftpalg),
+    and no foreign forward chain that would drop what the pinholes admit."""
+    if not config.kernel_setup:
+        return "the kernel data plane needs ftpalg's own kernel set-up (kernel_setup is off)"
+    if config.upstream is not None:
+        versions = sorted({ep.host.version for ep in config.listen})  # the clients' side
+        off = [name for v in versions if not forwarding(name := FORWARDING[v])]
+        if off:
+            return (
+                f"{', '.join(off)} is off: in reverse mode the kernel data plane forwards"
+                " the data connections (the relay does not need it)"
+            )
+    return forward_blocked()
+
+
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+
+
+def forwarding(sysctl: str) -> bool:
+    try:
+        return Path("/proc/sys", *sysctl.split(".")).read_text().strip() != "0"
+    except OSError:
+        return False
 
 
 def kernel_for(
     config: Config, listeners: list[socket.socket], pinholes: bool = False
 ) -> KernelSetup | None:
-    if not config.transparent or not config.kernel_setup:
+    """What ftpalg installs in the kernel: in transparent mode the TPROXY routing and its
+    table; in reverse mode only a table with the pinholes, when the kernel plane carries."""
+    if not config.kernel_setup or not (config.transparent or pinholes):
         return None
+    if not config.transparent:
+        return PinholeTable(NftPlan(proxy_port_v4=None, proxy_port_v6=None, pinholes=True))
     ports = {4: None, 6: None} | {
         (6 if s.family == socket.AF_INET6 else 4): s.getsockname()[1] for s in listeners
     }
@@ -109,6 +141,28 @@ async def serve(
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded
 
 
+def claim_kernel(config: Config, log: FilteringBoundLogger) -> tuple[str, socket.socket | None]:
+    """The data plane, and the lock on ftpalg's table when this instance will install it
+    (`kernel/claim.py`). A table held by another instance is an error in transparent mode and
+    with `kernel` forced; in reverse mode with `auto` the relay carries instead."""
+    plane, why_not = choose_plane(config)
+    lock = None
+    if config.kernel_setup and (config.transparent or plane == "kernel"):
+        try:
+            lock = claim_table(TABLE)
+        except KernelSetupError as exc:
+            if config.transparent:
+                raise
+            plane, why_not = "relay", str(exc)
+    if why_not is not None and config.data_plane == "kernel":
+        if lock is not None:
+            lock.close()
+        raise KernelSetupError(f"data_plane kernel: {why_not}")
+    if why_not is not None:
+        log.warning("data_plane_relay", reason=why_not)
+    return plane, lock
+
+
 def _give_up(message: str, listeners: list[socket.socket], ops: Operations | None = None) -> int:
     """Before the loop runs: release what was set up so far, one line, exit status 1."""
     for sock in listeners:
@@ -132,11 +186,10 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
         ops.prepare()
     except OSError as exc:
         return _give_up(str(exc.strerror or exc), listeners)
-    plane, why_not = choose_plane(config)
-    if why_not is not None and config.data_plane == "kernel":
-        return _give_up(f"data_plane kernel: {why_not}", listeners, ops)
-    if why_not is not None:
-        log.warning("data_plane_relay", reason=why_not)
+    try:
+        plane, lock = claim_kernel(config, log)
+    except KernelSetupError as exc:
+        return _give_up(str(exc), listeners, ops)
     kernel = kernel_for(config, listeners, pinholes=plane == "kernel")
     kernel_data: KernelData | None = None
     try:
@@ -149,6 +202,8 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
         if kernel is not None:
             with contextlib.suppress(KernelSetupError, OSError):
                 kernel.teardown()
+        if lock is not None:
+            lock.close()
         return _give_up(f"kernel setup failed: {exc}", listeners, ops)
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
@@ -167,4 +222,6 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
                 kernel.teardown()
             except (KernelSetupError, OSError) as exc:
                 log.error("kernel_teardown_failed", error=str(exc))
+        if lock is not None:
+            lock.close()  # only now may another instance take the table
     return 0

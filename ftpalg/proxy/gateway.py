@@ -83,11 +83,22 @@ class Gateway:
             acceptor.start()
             self.acceptors.append(acceptor)
 
-    def _plane_factory(self) -> tuple[str, Callable[[ControlSession], DataPlane] | None]:
+    def _plane_factory(
+        self, faces: Faces
+    ) -> tuple[str, Callable[[ControlSession], DataPlane] | None]:
         """A new session's data plane, by name: the kernel's when the gateway has one that
-        may be used (with the factory that makes it), else the relay (None: the default)."""
+        may be used (with the factory that makes it), else the relay (None: the default).
+        Reverse mode, where the relay carries instead: an IPv6 client with an IPv4 server
+        (nftables cannot join them), a client or server on this host (its packets never
+        pass prerouting, where the pinholes are)."""
         data = self.kernel_data
         if data is None or self.kernel_blocked is not None:
+            return "relay", None
+        if self.config.upstream is not None and (
+            faces.client.host.version != faces.server.host.version
+            or is_local_address(faces.client.host)
+            or is_local_address(faces.server.host)
+        ):
             return "relay", None
         timeout_ms = int(self.policy.expect_timeout * 1000)
         return "kernel", lambda control: KernelPlane(
@@ -220,7 +231,7 @@ class Gateway:
         """Both connections stand: wire them to a new ControlSession. The client half is
         attached first and paused, so the server's banner finds it; reading resumes last."""
         core = Session(faces, self.policy, started, self.rng)
-        plane, make_plane = self._plane_factory()  # chosen once: the log says what carries
+        plane, make_plane = self._plane_factory(faces)  # chosen once: the log says what carries
         observe = observe.bind(data_plane=plane)
         control = ControlSession(self, core, observe, make_plane)
         try:

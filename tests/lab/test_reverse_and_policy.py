@@ -12,7 +12,7 @@ import pytest
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
-from ftpalg.lab.netns import Lab
+from ftpalg.lab.netns import Lab, wait_until
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
 from tests.lab.conftest import baseline, start_lab
 
@@ -22,66 +22,94 @@ REVERSE_KINDS = {"pyftpdlib": 21, "vsftpd": 2121}
 
 
 @dataclass
-class Reverse:
+class Site:
     lab: Lab
-    servers: dict[str, tuple[FtpServer, AlgProcess, FtpTarget, str]]
+    server: FtpServer
+    alg: AlgProcess
+    target: FtpTarget
+    digest: str
 
 
-@pytest.fixture(scope="module")
-def reverse() -> Iterator[Reverse]:
-    """Servers on the private inside network (10.N.1.2); clients outside; ftpalg on the
-    gateway's own outside address, one instance per legacy server."""
-    lab = start_lab()
+@pytest.fixture(scope="module", params=["relay", "kernel"])
+def reverse(request: pytest.FixtureRequest) -> Iterator[dict[str, Site]]:
+    """Per legacy server a lab: the server on the private inside network (10.N.1.2), clients
+    outside, ftpalg in reverse mode on the gateway's own outside address — on the relay, or
+    on the kernel data plane (one instance per network namespace may own the pinholes:
+    `kernel/claim.py`; the gateway's forward chain has the rule for ftpalg's tag)."""
+    plane = request.param
+    sites: dict[str, Site] = {}
     try:
-        lab.server_role, lab.client_role = "cli", "srv"
-        apply_closed_gateway(lab)
-        a = lab.addresses
-        found = {}
         for kind, port in REVERSE_KINDS.items():
-            srv = start_server(lab, kind, a.client_v4, port)
-            digest = make_file(srv.root, "f.bin", 3 << 20)
-            alg = start_ftpalg(
-                lab,
-                ["--listen", f"{a.gw_outside_v4}:{port}", "--upstream", f"{a.client_v4}:{port}"],
-            )
-            target = FtpTarget(a.gw_outside_v4, port, srv.user, srv.password)
-            found[kind] = (srv, alg, target, digest)
-        yield Reverse(lab, found)
+            lab = start_lab()
+            lab.server_role, lab.client_role = "cli", "srv"
+            sites[kind] = Site(lab, *start_reverse(lab, kind, port, plane))
+        yield sites
     finally:
+        for site in sites.values():
+            site.lab.close()
+
+
+def start_reverse(
+    lab: Lab, kind: str, port: int, plane: str
+) -> tuple[FtpServer, AlgProcess, FtpTarget, str]:
+    try:
+        apply_closed_gateway(lab, pinholes=plane == "kernel")
+        a = lab.addresses
+        srv = start_server(lab, kind, a.client_v4, port)
+        digest = make_file(srv.root, "f.bin", 3 << 20)
+        args = ["--listen", f"{a.gw_outside_v4}:{port}", "--upstream", f"{a.client_v4}:{port}"]
+        alg = start_ftpalg(lab, [*args, "--data-plane", plane])
+        assert alg.named("started")[0]["data_plane"] == plane
+    except BaseException:
         lab.close()
+        raise
+    return srv, alg, FtpTarget(a.gw_outside_v4, port, srv.user, srv.password), digest
 
 
 @pytest.mark.parametrize("mode", list(CLIENT_MODES))
 @pytest.mark.parametrize("kind", list(REVERSE_KINDS))
-def test_reverse_mode_all_clients(reverse: Reverse, kind: str, mode: str, tmp_path: Path) -> None:
-    srv, _, target, digest = reverse.servers[kind]
-    down = run_transfer(reverse.lab, mode, target, "f.bin", tmp_path / "down.bin")
+def test_reverse_mode_all_clients(
+    reverse: dict[str, Site], kind: str, mode: str, tmp_path: Path
+) -> None:
+    site = reverse[kind]
+    srv, digest = site.server, site.digest
+    since = baseline(site.alg, (srv,))
+    down = run_transfer(site.lab, mode, site.target, "f.bin", tmp_path / "down.bin")
     assert down.ok, down.detail
     assert down.sha256 == digest
     name = f"up-{mode}.bin"
     up = run_transfer(
-        reverse.lab, mode, target, srv.upload_path(name), tmp_path / "down.bin", upload=True
+        site.lab, mode, site.target, srv.upload_path(name), tmp_path / "down.bin", upload=True
     )
     assert up.ok, up.detail
     assert sha256_file(srv.uploaded(name)) == digest
+    # every transfer counted by the plane that carried it, to the byte
+    size = 3 << 20
+
+    def counted() -> set[tuple[int, int]]:
+        return {(e["bytes_to_client"], e["bytes_to_server"]) for e in since.named("data_finished")}
+
+    assert wait_until(lambda: {(size, 0), (0, size)} <= counted(), 10), counted()
+    planes = {e["data_plane"] for e in since.named("data_finished")}
+    assert planes == {site.alg.named("started")[0]["data_plane"]}, planes
 
 
 @pytest.mark.parametrize("kind", list(REVERSE_KINDS))
 def test_reverse_227_names_the_private_address_and_is_rewritten(
-    reverse: Reverse, kind: str, tmp_path: Path
+    reverse: dict[str, Site], kind: str, tmp_path: Path
 ) -> None:
-    a = reverse.lab.addresses
-    srv, alg, target, digest = reverse.servers[kind]
-    since = baseline(alg, (srv,))  # this test's own PASV download only
-    down = run_transfer(reverse.lab, "curl-pasv", target, "f.bin", tmp_path / "down.bin")
-    assert down.ok and down.sha256 == digest, down.detail
+    site = reverse[kind]
+    a = site.lab.addresses
+    since = baseline(site.alg, (site.server,))  # this test's own PASV download only
+    down = run_transfer(site.lab, "curl-pasv", site.target, "f.bin", tmp_path / "down.bin")
+    assert down.ok and down.sha256 == site.digest, down.detail
     (pasv,) = since.named("rewrite")
     private = ",".join(str(a.client_v4).split("."))
     public = ",".join(str(a.gw_outside_v4).split("."))
     assert pasv["kind"] == "227"
     assert f"({private}," in pasv["before"] and f"({public}," in pasv["after"], pasv
     # the legacy server sees the gateway's inside address, never the outside client
-    assert since.seen_clients(srv) == {str(a.gw_inside_v4)}
+    assert since.seen_clients(site.server) == {str(a.gw_inside_v4)}
 
 
 THIRD_PARTY_SCRIPT = """
