@@ -28,6 +28,7 @@ class PendingOpen:
     line: bytes
     match: Match
     face: Address  # where the listener goes: the receiver's view of the sender
+    shown: Address  # the address written into the line (policy.DataPlan.shown)
     accept_from: Address
     target: Endpoint
     dial_from: Address

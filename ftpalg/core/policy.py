@@ -26,6 +26,10 @@ class CorePolicy:
     line_timeout: float = 60.0
     max_line: int = 4096
     port_tries: int = 16
+    # reverse mode: every data listener inside `data_ports` (the operator's firewall opens
+    # that range), and the address written into 227 replies when a DNAT sits in front
+    strict_data_ports: bool = False
+    announce: tuple[Address, ...] = ()  # at most one per IP version
 
 
 def reply(code: int, text: str) -> bytes:
@@ -57,6 +61,7 @@ class DataPlan:
     accept_from: Address  # the only peer that may connect to it
     target: Endpoint  # where ftpalg dials once it did
     dial_from: Address  # the face the dialed peer expects to see
+    shown: Address  # the address written into the line (`face`, or the announce address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +81,12 @@ def plan_data(match: Match, faces: Faces, policy: CorePolicy) -> DataPlan | Refu
             return Refused(Refusal.BOUNCE if bounce else Refusal.LOW_PORT, refusal)
         assert match.address is not None
         target = Endpoint(match.address, match.port)
-        return DataPlan(faces.client_face.host, faces.server.host, target, faces.server_face.host)
+        face = faces.client_face.host
+        return DataPlan(face, faces.server.host, target, faces.server_face.host, face)
     target = Endpoint(server_target(match, faces.server.host, policy), match.port)
-    return DataPlan(faces.server_face.host, faces.client.host, target, faces.client_face.host)
+    face = faces.server_face.host
+    shown = next((a for a in policy.announce if a.version == face.version), face)
+    return DataPlan(face, faces.client.host, target, faces.client_face.host, shown)
 
 
 def server_target(match: Match, server: Address, policy: CorePolicy) -> Address:

@@ -216,14 +216,17 @@ class Session:
         if side is SERVER and match.address not in (None, self.faces.server.host):
             out.append(ReplyAddressMismatch(line, str(plan.target.host)))
         try:
-            replacement(match.kind, plan.face, match.port)
+            replacement(match.kind, plan.shown, match.port)
         except Unrepresentable as exc:
             out.append(RewriteImpossible(line, str(exc)))
             out.append(Send(CLIENT, P.UNREPRESENTABLE if side is CLIENT else line))
             return
         listener = self._next_listener
         self._next_listener += 1
-        chooser = PortChooser(match.port, self.policy.data_ports, self.rng, self.policy.port_tries)
+        policy = self.policy
+        chooser = PortChooser(
+            match.port, policy.data_ports, self.rng, policy.port_tries, policy.strict_data_ports
+        )
         self.sides[side].opening = PendingOpen(
             listener,
             side,
@@ -231,6 +234,7 @@ class Session:
             line,
             match,
             plan.face,
+            plan.shown,
             plan.accept_from,
             plan.target,
             plan.dial_from,
@@ -238,7 +242,7 @@ class Session:
         )
         out.append(
             OpenListener(
-                listener, plan.face, match.port, plan.accept_from, plan.target, plan.dial_from
+                listener, plan.face, chooser.first, plan.accept_from, plan.target, plan.dial_from
             )
         )
 
@@ -257,7 +261,7 @@ class Session:
             return
         side, match = pending.side, pending.match
         self.sides[side].opening = None
-        new_line = splice(pending.line, match, replacement(match.kind, pending.face, ev.port))
+        new_line = splice(pending.line, match, replacement(match.kind, pending.shown, ev.port))
         delta = len(new_line) - len(pending.line)
         self.ledger[side].record(pending.offset + 1, delta)  # relative TCP sequence number
         if self.expectation is not None:

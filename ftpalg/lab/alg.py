@@ -75,11 +75,16 @@ class AlgProcess:
 
 
 def start_ftpalg(
-    lab: Lab, args: list[str], role: Role = "gw", ready_timeout: float = 15.0
+    lab: Lab,
+    args: list[str],
+    role: Role = "gw",
+    ready_timeout: float = 15.0,
+    wrapper: tuple[str, ...] = (),
 ) -> AlgProcess:
+    """`wrapper`: a command that runs ftpalg (e.g. `setpriv` to start it without root)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{lab.id}-ftpalg-"))
     log = workdir / "ftpalg.log"
-    argv = [sys.executable, "-m", "ftpalg", *args, "--log-format", "json"]
+    argv = [*wrapper, sys.executable, "-m", "ftpalg", *args, "--log-format", "json"]
     with log.open("wb") as out:
         proc = lab.popen(
             role,

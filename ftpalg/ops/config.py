@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -24,6 +24,7 @@ from ftpalg import __version__
 from ftpalg.ops.values import (
     Endpoint,
     HostPort,
+    check_announce,
     check_ifname,
     check_path,
     check_port_range,
@@ -31,6 +32,7 @@ from ftpalg.ops.values import (
     choice,
     int_range,
     optional,
+    parse_announce,
     parse_endpoint,
     parse_host_port,
     parse_port_range,
@@ -81,6 +83,7 @@ class Config:
     loose: bool = False
     allow_low_data_ports: bool = False
     data_ports: tuple[int, int] = (40000, 60999)  # inclusive
+    announce_address: tuple[IPv4Address | IPv6Address, ...] = ()  # reverse mode, 227
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
@@ -117,6 +120,9 @@ class Config:
         if lo < 1024 and not self.allow_low_data_ports:
             msg = f"{lo}-{hi} includes ports below 1024 (set allow_low_data_ports to permit)"
             raise ConfigError(f"data_ports: {msg}", key="data_ports")
+        if self.announce_address and self.upstream is None:
+            msg = "needs reverse mode (upstream): a transparent client sees the server's address"
+            raise ConfigError(f"announce_address: {msg}", key="announce_address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ _SPECS: dict[str, _Spec] = {
     "loose": _BOOL,
     "allow_low_data_ports": _BOOL,
     "data_ports": _Spec(toml_port_range, check_port_range),
+    "announce_address": _Spec(strings(parse_announce), check_announce),
     "expect_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
     "max_sessions": _Spec(_INT, int_range(1, 1_000_000)),
     "idle_timeout": _Spec(_NUMBER, seconds(zero_ok=False)),
@@ -306,7 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-ports",
         metavar="LO-HI",
         type=_arg(parse_port_range),
-        help="ports for data listeners when the announced one is taken (default 40000-60999)",
+        help="ports for data listeners (default 40000-60999): transparent mode uses them "
+        "when the announced port is taken, reverse mode always",
+    )
+    add(
+        "--announce-address",
+        metavar="ADDR",
+        action="append",
+        type=_arg(parse_announce),
+        help="reverse mode behind DNAT: the address written into 227 replies (one per IP "
+        "version; default: the address the client connected to)",
     )
     add(
         "--inside-interface",

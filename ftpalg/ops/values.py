@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from ftpalg.core.messages import Endpoint as Endpoint
@@ -200,3 +200,24 @@ def check_user(name: str) -> str:
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
+
+
+def parse_announce(text: str) -> IPv4Address | IPv6Address:
+    """An address to write into passive replies: a specific IP literal (no host names)."""
+    try:
+        addr = ip_address(text.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if addr.is_unspecified or addr.is_multicast:
+        raise ValueError(f"{text} cannot be announced to clients")
+    return addr
+
+
+def check_announce(
+    addrs: tuple[IPv4Address | IPv6Address, ...],
+) -> tuple[IPv4Address | IPv6Address, ...]:
+    """At most one announce address per IP version."""
+    versions = [a.version for a in addrs]
+    if len(set(versions)) != len(versions):
+        raise ValueError("at most one address per IP version")
+    return tuple(parse_announce(str(a)) for a in addrs)

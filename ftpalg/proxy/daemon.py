@@ -60,6 +60,11 @@ def kernel_plane_unavailable(config: Config) -> str | None:
     and no foreign forward chain that would drop what the pinholes admit."""
     if not config.kernel_setup:
         return "the kernel data plane needs ftpalg's own kernel set-up (kernel_setup is off)"
+    if config.announce_address:
+        return (
+            "announce_address is set: a DNAT in front of ftpalg changes the address the"
+            " pinholes are keyed on, so the relay carries the data"
+        )
     if config.upstream is not None:
         versions = sorted({ep.host.version for ep in config.listen})  # the clients' side
         off = [name for v in versions if not forwarding(name := FORWARDING[v])]
@@ -163,6 +168,34 @@ def claim_kernel(config: Config, log: FilteringBoundLogger) -> tuple[str, socket
     return plane, lock
 
 
+def set_up_kernel(
+    config: Config, listeners: list[socket.socket], ops: Operations, log: FilteringBoundLogger
+) -> tuple[KernelSetup | None, KernelData | None, socket.socket | None]:
+    """What ftpalg installs, the kernel data plane when it carries, and the table's lock.
+    A KernelSetupError means ftpalg cannot run (transparent mode needs its table; `kernel`
+    was forced); in reverse mode under `auto` a failed set-up (no CAP_NET_ADMIN, say) only
+    means the relay carries, with a warning."""
+    plane, lock = claim_kernel(config, log)
+    kernel = kernel_for(config, listeners, pinholes=plane == "kernel")
+    try:
+        if kernel is not None:
+            kernel.setup()
+        if plane != "kernel":
+            return kernel, None, lock
+        ensure_conntrack_sysctls()  # accounting and events for the tagged connections
+        return kernel, KernelData(ops.observe), lock
+    except (KernelSetupError, OSError) as exc:
+        if kernel is not None:
+            with contextlib.suppress(KernelSetupError, OSError):
+                kernel.teardown()
+        if lock is not None:
+            lock.close()
+        if config.transparent or config.data_plane == "kernel":
+            raise KernelSetupError(f"kernel setup failed: {exc}") from None
+        log.warning("data_plane_relay", reason=f"kernel setup failed: {exc}")
+        return None, None, None
+
+
 def _give_up(message: str, listeners: list[socket.socket], ops: Operations | None = None) -> int:
     """Before the loop runs: release what was set up so far, one line, exit status 1."""
     for sock in listeners:
@@ -187,24 +220,9 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     except OSError as exc:
         return _give_up(str(exc.strerror or exc), listeners)
     try:
-        plane, lock = claim_kernel(config, log)
+        kernel, kernel_data, lock = set_up_kernel(config, listeners, ops, log)
     except KernelSetupError as exc:
         return _give_up(str(exc), listeners, ops)
-    kernel = kernel_for(config, listeners, pinholes=plane == "kernel")
-    kernel_data: KernelData | None = None
-    try:
-        if kernel is not None:
-            kernel.setup()
-        if plane == "kernel":
-            ensure_conntrack_sysctls()  # accounting and events for the tagged connections
-            kernel_data = KernelData(ops.observe)
-    except (KernelSetupError, OSError) as exc:
-        if kernel is not None:
-            with contextlib.suppress(KernelSetupError, OSError):
-                kernel.teardown()
-        if lock is not None:
-            lock.close()
-        return _give_up(f"kernel setup failed: {exc}", listeners, ops)
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
         ops.drop_privileges()  # --user: after the root-only set-up, before the loop

@@ -49,6 +49,8 @@ def core_policy(config: Config) -> P.CorePolicy:
         idle_timeout=config.idle_timeout,
         line_timeout=config.line_timeout,
         max_line=config.max_line,
+        strict_data_ports=not config.transparent,
+        announce=config.announce_address,
     )
 
 

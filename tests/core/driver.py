@@ -45,6 +45,7 @@ from tests.core.invariants import Checker
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 FACES = (FACES_V4, FACES_V6, FACES_4TO6, FACES_6TO4)
 STRANGER = ip_address("192.0.2.99")
+ANNOUNCE = (ip_address("192.0.2.7"), ip_address("2001:db8::7"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Setup:
     port_tries: int = 3
     auto_bind: bool = False  # bind every listener at once on the port asked for
     seed: int = 0
+    strict_data_ports: bool = False  # reverse mode's range-only listeners
+    announce: bool = False  # reverse mode's 227 address behind a DNAT (both IP versions)
 
     def policy(self) -> CorePolicy:
         return CorePolicy(
@@ -67,6 +70,8 @@ class Setup:
             line_timeout=20.0,
             max_line=self.max_line,
             port_tries=self.port_tries,
+            strict_data_ports=self.strict_data_ports,
+            announce=ANNOUNCE if self.announce else (),
         )
 
 

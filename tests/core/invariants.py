@@ -23,10 +23,13 @@ and walks the actions with a cursor, so a mismatch names the invariant it breaks
 - CLOSED: after CloseSession only reports of running data connections (DataEnded) and the
   clean-up of late resources (CloseListener for a listener bound too late, RejectData for a
   late connection) follow.
-- DATA: listeners are asked on the receiver's face (first the announced port, then fresh
-  ports from the data-port range, at most `port_tries` of them); a data connection is taken
-  only from the expected peer, once, dialed from the right face (active keeps the server's
-  source port, passive uses port 0); the others are rejected as theft or stale.
+- DATA: listeners are asked on the receiver's face (first the announced port — with
+  `strict_data_ports` only when it is inside the range, else a port from the range — then fresh
+  ports from the data-port range, at most `port_tries` of them); a 227 shows the policy's
+  `announce` address of the face's IP version instead of the face when there is one; a data
+  connection is taken only from the expected peer, once, dialed from the right face (active
+  keeps the server's source port, passive uses port 0); the others are rejected as theft or
+  stale.
 - TIMER: expiry, the line timeout and the idle timeout fire exactly when due.
 - OBSERVATION: every observation the model expects in a step is there with its fields, and no
   other (their position inside the step is the playbooks' business, tests/core/test_session.py).
@@ -107,6 +110,7 @@ class _Opening:
     line: bytes
     match: Match
     face: Address  # where the listener goes
+    shown: Address  # the address written into the line
     accept_from: Address
     target: Endpoint
     dial_from: Address
@@ -472,11 +476,14 @@ class Checker:
                 self._observe(ReplyAddressMismatch(line, str(host)))
             face, accept_from, dial_from = f.server_face.host, f.client.host, f.client_face.host
             target = Endpoint(host, match.port)
-        if isinstance(face, IPv6Address) and match.kind in (Kind.PORT, Kind.PASV):
+        shown = face
+        if m.side is SERVER:
+            shown = next((a for a in pol.announce if a.version == face.version), face)
+        if isinstance(shown, IPv6Address) and match.kind in (Kind.PORT, Kind.PASV):
             self.seen["unrepresentable"] += 1
             try:
-                replacement(match.kind, face, match.port)
-                raise InvariantViolation(f"{face} written into a {match.kind.value} line")
+                replacement(match.kind, shown, match.port)
+                raise InvariantViolation(f"{shown} written into a {match.kind.value} line")
             except Unrepresentable as exc:
                 self._observe(RewriteImpossible(line, str(exc)))
             if m.side is CLIENT:
@@ -485,17 +492,22 @@ class Checker:
                 self._send(CLIENT, line, "LOSS", "the unrewritable reply, unchanged", m)
             return
         got = self._next()
+        low, high = pol.data_ports
+        if not pol.strict_data_ports or low <= match.port <= high:
+            first_ok = isinstance(got, OpenListener) and got.port == match.port
+        else:
+            first_ok = isinstance(got, OpenListener) and low <= got.port <= high
         if not (
             isinstance(got, OpenListener)
+            and first_ok
             and got.listener not in self.listeners
             and got.host == face
-            and got.port == match.port
             and (got.peer, got.target, got.source) == (accept_from, target, dial_from)
         ):
             self._fail("DATA", f"expected a new OpenListener(_, {face}, {match.port}), got {got!r}")
         self.listeners.add(got.listener)
         m.opening = _Opening(
-            got.listener, line, match, face, accept_from, target, dial_from, {match.port}
+            got.listener, line, match, face, shown, accept_from, target, dial_from, {got.port}
         )
 
     # ---- listeners ----------------------------------------------------------------------
@@ -514,7 +526,7 @@ class Checker:
         op = m.opening
         assert op is not None
         m.opening = None
-        expected = splice(op.line, op.match, replacement(op.match.kind, op.face, port))
+        expected = splice(op.line, op.match, replacement(op.match.kind, op.shown, port))
         old = self.expectation
         if old is not None:
             self.seen["replaced"] += 1
@@ -550,8 +562,8 @@ class Checker:
         again = parse(m.side, got.data, op.face.version == 6)
         if not isinstance(again, Match) or again.port != port:
             self._fail("REWRITE", f"{got.data!r} does not announce port {port}")
-        if op.match.kind is not Kind.EPSV and again.address != op.face:
-            self._fail("REWRITE", f"{got.data!r} does not announce {op.face}")
+        if op.match.kind is not Kind.EPSV and again.address != op.shown:
+            self._fail("REWRITE", f"{got.data!r} does not announce {op.shown}")
         kind = self._classify(got.data, m.side.other, "REWRITE")
         self._fail(kind, f"expected the rewritten line {want_send!r}, got {got!r}")
 

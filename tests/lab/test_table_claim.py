@@ -133,3 +133,19 @@ def test_reverse_sessions_the_kernel_cannot_join_use_the_relay(lab: Lab, tmp_pat
         assert wait_until(lambda m=mark: bool(alg.named("data_finished", since=m)), 10)
         (ended,) = alg.named("data_finished", since=mark)
         assert (ended["data_plane"], ended["bytes_to_client"]) == (plane, 1 << 20), (role, host)
+
+
+def test_reverse_mode_without_root_relays(lab: Lab, tmp_path: Path) -> None:
+    """`auto` in reverse mode started without root (forwarding is on): the kernel set-up
+    fails, the relay carries, a warning says why; nothing of ftpalg's is left in nftables."""
+    server, digest = serve_file(lab)
+    a = lab.addresses
+    nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    args = ["--listen", f"{a.gw_outside_v4}:2100", "--upstream", f"{server.address}:21"]
+    alg = start_ftpalg(lab, args, wrapper=(*nobody, "--inh-caps=-all"))
+    assert alg.named("started")[0]["data_plane"] == "relay"
+    (warning,) = alg.named("data_plane_relay")
+    assert str(warning["reason"]).startswith("kernel setup failed:"), warning
+    assert lab.run("gw", ["nft", "list", "table", "inet", "ftpalg"]).returncode != 0
+    target = FtpTarget(a.gw_outside_v4, 2100, server.user, server.password)
+    fetch(lab, target, digest, tmp_path / "f.bin")
