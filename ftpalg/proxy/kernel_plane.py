@@ -76,6 +76,9 @@ class KernelData:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.observe = observe
         self.watcher = ConntrackWatcher(TAG_BIT, TAG_BIT)  # before any pinhole exists
+        # its request socket now, not at the first transfer's end: it is opened as root like
+        # the others, and ftpalg's descriptors at rest do not grow by one after a transfer
+        self.table = self.watcher.table
         self.elements = SetElements(table)
         self.segments: SegmentLog | None
         try:
@@ -95,7 +98,19 @@ class KernelData:
         if self.segments is not None:
             self.loop.add_reader(self.segments.fileno(), self._on_segments)
 
+    async def drained(self) -> None:
+        """Until no data connection runs (the gateway's drain at SIGTERM). Polled: entries
+        also leave `running` without an event (`KernelPlane.reject`), and it is only awaited
+        while shutting down."""
+        while self.running:
+            await asyncio.sleep(0.1)
+
     def close(self) -> None:
+        """At exit: transfers still running (the grace period ran out) are finished with what
+        is known, so each gets its `data_finished`; the table goes next and with it the NAT
+        that carries them."""
+        for ct_id in list(self.running):
+            self._finish(ct_id, self.running[ct_id].first, error="gateway shutting down")
         for pid in list(self.pinholes):
             self.unregister(pid)
         if self.loop is not None:
