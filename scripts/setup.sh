@@ -21,6 +21,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The lab runs its FTP servers privately inside network namespaces; what apt enables on the
+# host (vsftpd listening on [::]:21 with local logins, SuSE ftp-proxy from bench/setup.sh) is
+# disabled and masked, and stopped through systemd when it runs. Never through init scripts:
+# they stop every process of the binary, the lab's own servers included.
+for unit in vsftpd ftp-proxy; do
+  if [ "$(id -u)" -eq 0 ] && command -v systemctl >/dev/null \
+    && [ -n "$(systemctl list-unit-files "$unit.service" --no-legend 2>/dev/null)" ]; then
+    if [ -d /run/systemd/system ]; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
+    systemctl disable "$unit" >/dev/null 2>&1 || true
+    systemctl mask "$unit" >/dev/null 2>&1 || true
+  fi
+  if [ "$(id -u)" -eq 0 ] && [ -x "/etc/init.d/$unit" ] && command -v update-rc.d >/dev/null; then
+    update-rc.d "$unit" disable >/dev/null 2>&1 || true
+  fi
+done
+
 # pure-ftpd conflicts with vsftpd (both provide ftp-server): unpack it privately.
 if [ ! -x .lab-tools/pure-ftpd/usr/sbin/pure-ftpd ] && [ "$(id -u)" -eq 0 ]; then
   tmp=$(mktemp -d)

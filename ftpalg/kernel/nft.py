@@ -7,6 +7,11 @@ How this works:
   transaction: applying it twice leaves the same state, and ``remove`` is the same
   ``add``/``delete`` pair, so it never fails when the table is already gone.
 - ``prerouting`` (filter, priority ``mangle``), in this order:
+  0. with ``pinholes``: the gate rules (they match only the first SYN of an announced data
+     connection, never a socket of ftpalg's); with ``inside_ifaces``: ``iifname != {...}
+     tcp dport {21} accept`` — FTP control arriving from elsewhere (a DMZ server published by
+     a DNAT) is not ftpalg's, although ftpalg's wildcard listener on port 21 would match
+     rule 1 for it and take the connection over.
   1. ``meta l4proto tcp socket transparent 1 meta mark set M accept`` — a packet that belongs
      to an existing ``IP_TRANSPARENT`` socket of ftpalg (a transparent data listener, the
      return traffic of a connection dialled from a non-local source) gets the mark, and the
@@ -95,6 +100,14 @@ def _selector(plan: NftPlan, version: int) -> str:
     return " ".join(parts)
 
 
+def _not_inside(plan: NftPlan) -> str:
+    """FTP control traffic that did not arrive on an inside interface: not ftpalg's, even
+    when its wildcard listener on port 21 would match `socket transparent 1`."""
+    names = _set(tuple(f'"{name}"' for name in plan.inside_ifaces))
+    ports = _set(tuple(str(p) for p in sorted(set(plan.ftp_ports))))
+    return f"iifname != {names} tcp dport {ports}"
+
+
 def render(plan: NftPlan) -> str:
     """The complete, idempotent nft script for ``plan`` (pure)."""
     mark = f"0x{plan.mark:x}"
@@ -110,10 +123,12 @@ def render(plan: NftPlan) -> str:
     lines += [
         "\tchain prerouting {",
         "\t\ttype filter hook prerouting priority mangle; policy accept;",
-        f"\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark} accept",
     ]
     for version in pinhole_families:
         lines += pinholes.render_gate_rules(version)
+    if plan.inside_ifaces and plan.families:
+        lines.append(f"\t\t{_not_inside(plan)} accept")
+    lines.append(f"\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark} accept")
     for version, port in ((4, plan.proxy_port_v4), (6, plan.proxy_port_v6)):
         if port is not None:
             target = "ip" if version == 4 else "ip6"

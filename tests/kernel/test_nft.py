@@ -32,6 +32,7 @@ delete table inet alg2
 table inet alg2 {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tiifname != { "lan0", "wg*" } tcp dport { 21, 2121 } accept
 \t\tmeta l4proto tcp socket transparent 1 meta mark set 0x20 accept
 \t\tiifname { "lan0", "wg*" } meta nfproto ipv4 tcp dport { 21, 2121 } \
 tproxy ip to :8021 meta mark set 0x20 accept
