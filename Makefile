@@ -1,4 +1,4 @@
-.PHONY: setup test lab fmt bench
+.PHONY: setup test lab fmt bench install
 setup:
 	./scripts/setup.sh
 test:
@@ -11,3 +11,7 @@ fmt: setup
 
 bench: setup
 	.venv/bin/python -m bench
+
+# production: a private virtualenv in /opt/ftpalg, /usr/local/bin/ftpalg, the unit, the config
+install:
+	./scripts/install.sh

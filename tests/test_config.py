@@ -446,3 +446,10 @@ def test_listen_addresses_are_ipaddress_objects() -> None:
     config, _ = build_config(["--listen", "[fe80::1%eth0]:21"])
     assert config.listen[0].host == ip_address("fe80::1%eth0")
     assert str(config.listen[0]) == "[fe80::1%eth0]:21"
+
+
+def test_marks_may_be_written_in_hex() -> None:
+    config, _ = build_config(["--tproxy-mark", "0x10", "--route-table", "0x64"])
+    assert (config.tproxy_mark, config.route_table) == (16, 100)
+    with pytest.raises(ConfigError, match="not a whole number"):
+        build_config(["--tproxy-mark", "0xg"])

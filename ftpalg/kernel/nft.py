@@ -12,14 +12,14 @@ How this works:
      tcp dport {21} accept`` — FTP control arriving from elsewhere (a DMZ server published by
      a DNAT) is not ftpalg's, although ftpalg's wildcard listener on port 21 would match
      rule 1 for it and take the connection over.
-  1. ``meta l4proto tcp socket transparent 1 meta mark set M accept`` — a packet that belongs
-     to an existing ``IP_TRANSPARENT`` socket of ftpalg (a transparent data listener, the
-     return traffic of a connection dialled from a non-local source) gets the mark, and the
-     mark's policy route (``routing.py``) delivers it locally. This is why data listeners
-     need no per-port rule. It must come first: a packet of an already diverted control
-     connection must not be matched by the tproxy rule again.
+  1. ``meta l4proto tcp socket transparent 1 meta mark set meta mark | M accept`` — a
+     packet that belongs to an existing ``IP_TRANSPARENT`` socket of ftpalg (a transparent
+     data listener, the return traffic of a connection dialled from a non-local source) gets
+     the mark's bits, and the mark's policy route (``routing.py``) delivers it locally. This
+     is why data listeners need no per-port rule. It must come before the tproxy rules: a
+     packet of an already diverted control connection must not be matched by them again.
   2. per family with a proxy port: ``[iifname {...}] meta nfproto ipv4 tcp dport {21}
-     tproxy ip to :PORT meta mark set M accept`` (``ip6`` for IPv6) — new control
+     tproxy ip to :PORT meta mark set meta mark | M accept`` (``ip6`` for IPv6) — new control
      connections go to ftpalg's transparent listener.
 - ``forward`` (filter, priority ``filter``), only when ``fail_closed``: a *new* forwarded TCP
   connection that matches a divert rule's selector (same interfaces, family and ports) got
@@ -128,13 +128,14 @@ def render(plan: NftPlan) -> str:
         lines += pinholes.render_gate_rules(version)
     if plan.inside_ifaces and plan.families:
         lines.append(f"\t\t{_not_inside(plan)} accept")
-    lines.append(f"\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark} accept")
+    set_mark = f"meta mark set meta mark | {mark}"  # the mark's bits only (routing.py)
+    lines.append(f"\t\tmeta l4proto tcp socket transparent 1 {set_mark} accept")
     for version, port in ((4, plan.proxy_port_v4), (6, plan.proxy_port_v6)):
         if port is not None:
             target = "ip" if version == 4 else "ip6"
             lines.append(
                 f"\t\t{_selector(plan, version)} tproxy {target} to :{port}"
-                f" meta mark set {mark} accept"
+                f" {set_mark} accept"
             )
     lines.append("\t}")
     rejects = plan.fail_closed and plan.families

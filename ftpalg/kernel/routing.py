@@ -11,11 +11,18 @@ Subtle rules:
 
 - IPv4 needs ``scope host`` on the local route (pyroute2 would otherwise pick ``universe``
   and the kernel rejects it); IPv6 takes no scope.
+- Ownership: ftpalg's rules and routes carry ``proto 121`` (``rtm_protocol``, ``PROTO``), the
+  rule matches only the mark's bits (``fwmark M/M``: nft sets the mark with ``| M``, other
+  bits of the packet mark stay another tool's). ``install`` refuses, with one line naming the
+  item and the option to change, when a rule of another tool uses a bit of the mark or looks
+  up the table, or the table holds another route: the default mark 1 and table 100 are the
+  standard TPROXY recipe other proxies use too, and sharing them would break both (and
+  ftpalg's exit would delete the other tool's routes). Items with ``proto 121`` are
+  ftpalg's own, e.g. left by a killed instance (one instance per namespace: ``claim.py``):
+  ``install`` keeps them and ``remove`` deletes exactly those, never anything else.
 - netlink ``add`` is exclusive (``EEXIST``): ``install`` looks first and also tolerates
-  ``EEXIST``, so it is idempotent and safe against a concurrent identical add. ``remove``
-  deletes exactly the items ``install`` adds (never flushes table ``T``) and tolerates
-  ``ENOENT``/``ESRCH``. Both identify their items by (mark, table): give ftpalg a mark and a
-  table of its own.
+  ``EEXIST``, so it is idempotent and safe against a concurrent identical add; ``remove``
+  tolerates ``ENOENT``/``ESRCH``.
 - pyroute2's sync ``IPRoute`` refuses to run inside a running asyncio loop and its async
   variant does not work under uvloop: these functions are synchronous; call them before the
   loop starts or via ``asyncio.to_thread``.
@@ -43,6 +50,7 @@ _ALL_ONES = 0xFFFFFFFF
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
 _NETNS_DIR = "/var/run/netns"
+PROTO = 121  # rtm_protocol of ftpalg's rules and routes ("proto 121" in `ip rule`/`ip route`)
 
 
 def _check(mark: int, table: int, families: Iterable[int]) -> tuple[int, ...]:
@@ -75,15 +83,21 @@ def _ipr(netns: str | None) -> Iterator[Any]:
         ipr.close()
 
 
+def _table_of(msg: Any) -> int:
+    return int(msg.get_attr("FRA_TABLE") or msg.get_attr("RTA_TABLE") or msg["table"])
+
+
+def _ours(rule: Any) -> bool:
+    return bool(rule.get_attr("FRA_PROTOCOL") == PROTO)
+
+
 def _rule_exists(ipr: Any, family: int, mark: int, table: int) -> bool:
     for msg in ipr.get_rules(family=_FAMILY[family]):
         if (
-            msg.get_attr("FRA_FWMARK") == mark
-            and msg.get_attr("FRA_FWMASK") in (None, _ALL_ONES)
-            and (msg.get_attr("FRA_TABLE") or msg["table"]) == table
-            and msg["action"] == 1  # FR_ACT_TO_TBL
-            and msg["src_len"] == 0
-            and msg["dst_len"] == 0
+            _ours(msg)
+            and msg.get_attr("FRA_FWMARK") == mark
+            and msg.get_attr("FRA_FWMASK") == mark
+            and _table_of(msg) == table
         ):
             return True
     return False
@@ -92,13 +106,40 @@ def _rule_exists(ipr: Any, family: int, mark: int, table: int) -> bool:
 def _route_exists(ipr: Any, family: int, table: int, lo: int) -> bool:
     for msg in ipr.route("dump", family=_FAMILY[family]):
         if (
-            (msg.get_attr("RTA_TABLE") or msg["table"]) == table
+            _table_of(msg) == table
             and msg["type"] == RTN_LOCAL
             and msg["dst_len"] == 0
             and msg.get_attr("RTA_OIF") == lo
+            and msg["proto"] == PROTO
         ):
             return True
     return False
+
+
+def _conflict(ipr: Any, family: int, mark: int, table: int) -> str | None:
+    """Another tool's rule on a bit of `mark` or on `table`, or its route in `table`."""
+    for msg in ipr.get_rules(family=_FAMILY[family]):
+        fwmark, mask = msg.get_attr("FRA_FWMARK"), msg.get_attr("FRA_FWMASK")
+        if _ours(msg) and fwmark == mark and mask == mark and _table_of(msg) == table:
+            continue
+        bits = (fwmark or 0) & (_ALL_ONES if mask is None else mask)
+        if fwmark is not None and bits & mark:
+            return (
+                f"ip -{family} rule 'fwmark 0x{fwmark:x} lookup {_table_of(msg)}' of another tool"
+                f" uses mark 0x{mark:x}: give ftpalg a mark bit of its own (--tproxy-mark)"
+            )
+        if _table_of(msg) == table and msg["action"] == 1:  # FR_ACT_TO_TBL
+            return (
+                f"an ip -{family} rule of another tool looks up table {table}: give ftpalg a"
+                " table of its own (--route-table)"
+            )
+    for msg in ipr.route("dump", family=_FAMILY[family]):
+        if _table_of(msg) == table and msg["proto"] != PROTO:
+            return (
+                f"ip -{family} route table {table} holds routes of another tool: give ftpalg a"
+                " table of its own (--route-table)"
+            )
+    return None
 
 
 def _route_spec(family: int, table: int, lo: int) -> dict[str, Any]:
@@ -108,6 +149,7 @@ def _route_spec(family: int, table: int, lo: int) -> dict[str, Any]:
         "dst": _DEFAULT_DST[family],
         "oif": lo,
         "table": table,
+        "proto": PROTO,
     }
     if family == 4:
         spec["scope"] = "host"
@@ -144,9 +186,21 @@ def install(
     with _ipr(netns) as ipr:
         lo = _lo_index(ipr)
         for fam in fams:
-            with _netlink_step(f"ip -{fam} rule add fwmark {mark} lookup {table}", exists, netns):
+            conflict = _conflict(ipr, fam, mark, table)
+            if conflict is not None:
+                raise KernelSetupError(conflict)
+        for fam in fams:
+            rule = f"ip -{fam} rule add fwmark 0x{mark:x}/0x{mark:x} lookup {table}"
+            with _netlink_step(rule, exists, netns):
                 if not _rule_exists(ipr, fam, mark, table):
-                    ipr.rule("add", family=_FAMILY[fam], fwmark=mark, table=table)
+                    ipr.rule(
+                        "add",
+                        family=_FAMILY[fam],
+                        fwmark=mark,
+                        fwmask=mark,
+                        table=table,
+                        protocol=PROTO,
+                    )
             with _netlink_step(f"ip -{fam} route add local default table {table}", exists, netns):
                 if not _route_exists(ipr, fam, table, lo):
                     ipr.route("add", **_route_spec(fam, table, lo))
@@ -166,7 +220,14 @@ def remove(
                 for _ in range(16):
                     if not _rule_exists(ipr, fam, mark, table):
                         break
-                    ipr.rule("del", family=_FAMILY[fam], fwmark=mark, table=table)
+                    ipr.rule(
+                        "del",
+                        family=_FAMILY[fam],
+                        fwmark=mark,
+                        fwmask=mark,
+                        table=table,
+                        protocol=PROTO,
+                    )
             with _netlink_step(f"ip -{fam} route del local default table {table}", gone, netns):
                 if _route_exists(ipr, fam, table, lo):
                     ipr.route("del", **_route_spec(fam, table, lo))

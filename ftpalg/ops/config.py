@@ -221,9 +221,10 @@ def _float(text: str) -> float:
 
 
 def _int(text: str) -> int:
-    if not re.fullmatch(r"[0-9]+", text):
+    """A whole number, decimal or hex (`0x10`, as marks are usually written)."""
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", text):
         raise ValueError(f"{text!r} is not a whole number")
-    return int(text)
+    return int(text, 0) if text[:2].lower() == "0x" else int(text)
 
 
 _SECONDS_FLAGS = {  # flag: (help, default)

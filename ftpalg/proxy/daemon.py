@@ -22,6 +22,7 @@ from ftpalg.kernel import KernelSetup, KernelSetupError, NftPlan, PinholeTable, 
 from ftpalg.kernel.claim import claim_table
 from ftpalg.kernel.conntrack_netns import ensure_conntrack_sysctls
 from ftpalg.kernel.nft import TABLE, forward_blocked
+from ftpalg.ops import sdnotify
 from ftpalg.ops.config import Config
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
@@ -141,8 +142,10 @@ async def serve(
         policy="loose" if config.loose else "strict",
         data_plane="kernel" if kernel_data else "relay",
     )
+    sdnotify.ready()  # systemd Type=notify: serving from now on
     await stop.wait()
     gateway.log.info("stopping", sessions=len(gateway.sessions))
+    sdnotify.stopping(gateway.config.grace_period)  # the drain may outlast TimeoutStopSec
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded
 
 

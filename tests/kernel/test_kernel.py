@@ -124,7 +124,7 @@ def test_setup_teardown_idempotent(lab: Any) -> None:
     kernel.setup()
     kernel.setup()
     assert list_table("ftpalg", netns=ns) is not None
-    assert lab.sh(ns, "ip", "rule").count("fwmark 0x1 lookup 100") == 1
+    assert lab.sh(ns, "ip", "rule").count("fwmark 0x1/0x1 lookup 100 proto 121") == 1
     assert "fwmark" not in lab.sh(ns, "ip", "-6", "rule")  # the plan is IPv4 only
     kernel.teardown()
     kernel.teardown()

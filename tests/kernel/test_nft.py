@@ -16,8 +16,8 @@ delete table inet ftpalg
 table inet ftpalg {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
-\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x1 accept
-\t\tmeta nfproto ipv4 tcp dport { 21 } tproxy ip to :2121 meta mark set 0x1 accept
+\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | 0x1 accept
+\t\tmeta nfproto ipv4 tcp dport { 21 } tproxy ip to :2121 meta mark set meta mark | 0x1 accept
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
@@ -33,11 +33,11 @@ table inet alg2 {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tiifname != { "lan0", "wg*" } tcp dport { 21, 2121 } accept
-\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x20 accept
+\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | 0x20 accept
 \t\tiifname { "lan0", "wg*" } meta nfproto ipv4 tcp dport { 21, 2121 } \
-tproxy ip to :8021 meta mark set 0x20 accept
+tproxy ip to :8021 meta mark set meta mark | 0x20 accept
 \t\tiifname { "lan0", "wg*" } meta nfproto ipv6 tcp dport { 21, 2121 } \
-tproxy ip6 to :8022 meta mark set 0x20 accept
+tproxy ip6 to :8022 meta mark set meta mark | 0x20 accept
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
@@ -55,8 +55,8 @@ delete table inet ftpalg
 table inet ftpalg {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
-\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x1 accept
-\t\tmeta nfproto ipv6 tcp dport { 21 } tproxy ip6 to :2121 meta mark set 0x1 accept
+\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | 0x1 accept
+\t\tmeta nfproto ipv6 tcp dport { 21 } tproxy ip6 to :2121 meta mark set meta mark | 0x1 accept
 \t}
 }
 """

@@ -33,10 +33,10 @@ def test_install_remove_idempotent(lab: Any) -> None:
     routing.install(netns=ns)
     assert _state(lab, ns, 100) == once
     rule4, rule6, route4, route6 = once
-    assert rule4.count("fwmark 0x1 lookup 100") == 1
-    assert rule6.count("fwmark 0x1 lookup 100") == 1
-    assert route4.strip().startswith("local default dev lo") and "scope host" in route4
-    assert route6.strip().startswith("local default dev lo")
+    assert rule4.count("fwmark 0x1/0x1 lookup 100 proto 121") == 1
+    assert rule6.count("fwmark 0x1/0x1 lookup 100 proto 121") == 1
+    assert route4.strip().startswith("local default dev lo proto 121") and "scope host" in route4
+    assert route6.strip().startswith("local default dev lo proto 121")
     routing.remove(netns=ns)
     assert _state(lab, ns, 100) == clean
     routing.remove(netns=ns)
@@ -46,13 +46,51 @@ def test_install_remove_idempotent(lab: Any) -> None:
 @pytest.mark.lab
 def test_remove_leaves_other_routes_and_rules(lab: Any) -> None:
     ns = lab.netns()
-    lab.sh(ns, "ip", "rule", "add", "fwmark", "0x2", "lookup", "100")
-    lab.sh(ns, "ip", "route", "add", "blackhole", "192.0.2.0/24", "table", "100")
+    lab.sh(ns, "ip", "rule", "add", "fwmark", "0x2", "lookup", "200")
+    lab.sh(ns, "ip", "route", "add", "blackhole", "192.0.2.0/24", "table", "200")
     routing.install(mark=1, table=100, families=(4,), netns=ns)
     routing.remove(mark=1, table=100, families=(4,), netns=ns)
-    assert "fwmark 0x2 lookup 100" in lab.sh(ns, "ip", "rule")
-    assert "fwmark 0x1 " not in lab.sh(ns, "ip", "rule")
-    assert lab.sh(ns, "ip", "route", "show", "table", "100").strip() == "blackhole 192.0.2.0/24"
+    assert "fwmark 0x2 lookup 200" in lab.sh(ns, "ip", "rule")
+    assert "fwmark 0x1" not in lab.sh(ns, "ip", "rule")
+    assert lab.sh(ns, "ip", "route", "show", "table", "200").strip() == "blackhole 192.0.2.0/24"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(
+    ("foreign", "option"),
+    [
+        (["rule", "add", "fwmark", "0x1", "lookup", "100"], "--tproxy-mark"),  # the recipe
+        (["rule", "add", "fwmark", "0x3/0x3", "lookup", "300"], "--tproxy-mark"),  # a shared bit
+        (["rule", "add", "fwmark", "0x2", "lookup", "100"], "--route-table"),
+        (["route", "add", "blackhole", "192.0.2.0/24", "table", "100"], "--route-table"),
+    ],
+    ids=["same-rule", "mark-bit", "table-rule", "table-route"],
+)
+def test_another_tools_mark_or_table_is_refused(lab: Any, foreign: list[str], option: str) -> None:
+    """The standard TPROXY recipe (mark 1, table 100) used by another tool: one line naming
+    the option to change; nothing of ftpalg's is added, and the other tool's items stay."""
+    ns = lab.netns()
+    lab.sh(ns, "ip", "-4", *foreign)
+    before = _state(lab, ns, 100)
+    with pytest.raises(KernelSetupError, match=option):
+        routing.install(mark=1, table=100, families=(4, 6), netns=ns)
+    assert _state(lab, ns, 100) == before
+    routing.remove(mark=1, table=100, families=(4, 6), netns=ns)  # e.g. at exit
+    assert _state(lab, ns, 100) == before
+
+
+@pytest.mark.lab
+def test_a_killed_instances_items_are_taken_over(lab: Any) -> None:
+    """Left behind by an ftpalg that was killed (proto 121): kept by the next install,
+    removed by its remove."""
+    ns = lab.netns()
+    clean = _state(lab, ns, 100)
+    routing.install(netns=ns)
+    left = _state(lab, ns, 100)
+    routing.install(netns=ns)
+    assert _state(lab, ns, 100) == left
+    routing.remove(netns=ns)
+    assert _state(lab, ns, 100) == clean
 
 
 @pytest.mark.lab
@@ -60,7 +98,7 @@ def test_large_table_and_mark(lab: Any) -> None:
     ns = lab.netns()
     routing.install(mark=0x10000, table=1000, families=(4, 6), netns=ns)
     routing.install(mark=0x10000, table=1000, families=(4, 6), netns=ns)
-    assert lab.sh(ns, "ip", "rule").count("fwmark 0x10000 lookup 1000") == 1
+    assert lab.sh(ns, "ip", "rule").count("fwmark 0x10000/0x10000 lookup 1000") == 1
     assert lab.sh(ns, "ip", "-6", "route", "show", "table", "1000").count("local default") == 1
     routing.remove(mark=0x10000, table=1000, netns=ns)
     assert "1000" not in lab.sh(ns, "ip", "rule")
