@@ -1,10 +1,12 @@
-.PHONY: setup test lab fmt bench install
+.PHONY: setup test lab fmt bench compose-lab install
 setup:
 	./scripts/setup.sh
 test:
 	./scripts/test.sh
 lab: setup
 	.venv/bin/ftpalg lab
+compose-lab:
+	./scripts/compose_lab.sh
 fmt: setup
 	.venv/bin/ruff format ftpalg tests bench
 	.venv/bin/ruff check --fix ftpalg tests bench

@@ -112,6 +112,12 @@ def build_lab_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the lab up after the table until Ctrl-C; print how to enter it",
     )
+    add(
+        "--containers",
+        action="store_true",
+        help="instead: the compose labs of docker/ (reverse and transparent) in containers; "
+        "`ftpalg lab --containers --help` for its own flags",
+    )
     return p
 
 
@@ -167,6 +173,10 @@ def _signals(raising: bool) -> Iterator[None]:
 
 
 def lab_main(argv: list[str]) -> int:
+    if "--containers" in argv:
+        from ftpalg.lab.containers import containers_main
+
+        return containers_main([a for a in argv if a != "--containers"])
     try:
         args = build_lab_parser().parse_args(argv)
     except UsageError as exc:

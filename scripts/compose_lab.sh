@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The compose labs of docker/ for real on a Debian machine as root (`make compose-lab`, CI):
+# runs `ftpalg lab --containers` with podman + podman-compose, after installing and preparing
+# whatever is missing:
+#   - podman, runc and debootstrap (apt); podman-compose (pip, pinned in
+#     docker/constraints.txt) in .lab-tools/compose/venv;
+#   - a containers.conf for machines like the development and CI ones (runc: crun fails on
+#     hybrid cgroups; cgroupfs: no systemd; ulimits no higher than this process's: podman's
+#     defaults fail with EPERM without CAP_SYS_RESOURCE) unless CONTAINERS_CONF is set;
+#   - the base image localhost/ftpalg-base:bookworm, once per machine (no image registry is
+#     reachable): a Debian bookworm root filesystem made with debootstrap and `podman import`;
+#   - the wheels of ftpalg and its pinned dependencies (pip on the host; the image build
+#     installs them offline: pip inside a build cannot verify the index's certificate here).
+# Arguments go to `ftpalg lab --containers` (e.g. --topology reverse, --keep).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+say() { echo "compose-lab: $* ($(($(date +%s) - t0)) s)" >&2; }
+
+[ "$(id -u)" -eq 0 ] || { echo "compose-lab: needs root (podman's bridge networks)" >&2; exit 1; }
+./scripts/setup.sh
+
+need=()
+for p in podman runc debootstrap; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+tools=.lab-tools/compose
+mkdir -p "$tools"
+if [ ! -x "$tools/venv/bin/podman-compose" ]; then
+  say "installing podman-compose"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q -c docker/constraints.txt podman-compose 2>&1 \
+    | grep -v "^WARNING: Location" >&2 || true
+  "$tools/venv/bin/podman-compose" --version >/dev/null
+fi
+export PATH="$PWD/$tools/venv/bin:$PATH"
+
+if [ -z "${CONTAINERS_CONF:-}" ]; then
+  nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+  [ "$nofile" = unlimited ] && nofile=1048576
+  { [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; } && nproc=32768
+  cat >"$tools/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+  export CONTAINERS_CONF="$PWD/$tools/containers.conf"
+fi
+
+base=localhost/ftpalg-base:bookworm
+if ! podman image exists "$base"; then
+  mirror=${FTPALG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+  rootfs=$(mktemp -d /var/tmp/ftpalg-base.XXXXXX)
+  trap 'rm -rf "$rootfs"' EXIT
+  say "building $base: debootstrap --variant=minbase bookworm from $mirror"
+  if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
+    tail -20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1
+  fi
+  rm -f "$rootfs.log"
+  tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
+  rm -rf "$rootfs"
+  trap - EXIT
+fi
+
+say "building the wheels (docker/constraints.txt) into docker/wheels"
+rm -f docker/wheels/*.whl
+if ! .venv/bin/pip wheel -q -c docker/constraints.txt -w docker/wheels . >.lab-tools/wheels.log 2>&1
+then
+  grep -v "^WARNING: Location" .lab-tools/wheels.log | tail -20 >&2; exit 1
+fi
+
+say "running ftpalg lab --containers"
+status=0
+FTPALG_BASE=$base FTPALG_PIP_SOURCE=wheels \
+  .venv/bin/ftpalg lab --containers --compose podman-compose "$@" || status=$?
+say "done, exit $status"
+exit "$status"
