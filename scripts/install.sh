@@ -29,6 +29,9 @@ done
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
 log=$(mktemp)
+leftovers=()  # setuptools builds in the source tree: remove what this run creates
+for d in build ftpalg.egg-info; do [ -e "$d" ] || leftovers+=("$d"); done
+trap 'rm -rf "${leftovers[@]}"' EXIT
 if ! "$venv/bin/pip" install -q --upgrade . >"$log" 2>&1; then
   tail -n 20 "$log" >&2; rm -f "$log"
   echo "install: pip could not install ftpalg into $venv" >&2; exit 1
