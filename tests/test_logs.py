@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import string
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -76,6 +77,27 @@ def test_escape_output_is_safe_and_bounded(data: bytes, limit: int) -> None:
     out = escape(data, limit)
     assert no_control(out)
     assert len(out) <= limit + 20
+
+
+def _escape_bytewise(raw: bytes, limit: int) -> str:
+    """escape() by its definition: token by token, cut before the token that does not fit."""
+    from ftpalg.ops.logs import _TOKENS
+
+    out, used = [], 0
+    for i, byte in enumerate(raw):
+        used += len(_TOKENS[byte])
+        if used > limit:
+            return "".join(out) + f"…(+{len(raw) - i} bytes)"
+        out.append(_TOKENS[byte])
+    return "".join(out)
+
+
+@given(
+    st.binary(max_size=400) | st.sampled_from([b"229 (|||1|)\r\n", b"\\" * 150]),
+    st.integers(0, 400),
+)
+def test_escape_is_its_bytewise_definition(data: bytes, limit: int) -> None:
+    assert escape(data, limit) == _escape_bytewise(data, limit)
 
 
 @given(st.binary(max_size=500))
@@ -214,3 +236,63 @@ def test_configure_rejects_unknown_values() -> None:
 def test_one_line() -> None:
     assert one_line("plain é text") == "plain é text"
     assert one_line("a\r\nb\x1b\x7f\u2028") == r"a\r\nb\x1b\x7f\u2028"
+
+
+# --- the JSON line in one step is the chain it replaced ------------------------------------------
+
+
+def _chain_line(method: str, event_dict: dict[str, object]) -> str:
+    """What the JSON format wrote before `_json_line`: structlog's processors one by one."""
+    from ftpalg.ops.logs import _OneLine, _prepare
+
+    d: object = dict(event_dict)
+    for proc in (
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _prepare,
+        structlog.processors.format_exc_info,
+        _OneLine(structlog.processors.JSONRenderer(default=str)),
+    ):
+        d = proc(None, method, d)  # type: ignore[arg-type]
+    assert isinstance(d, str)
+    return d
+
+
+_TS = re.compile(r'"ts": "[^"]*"')
+
+
+@pytest.mark.parametrize(
+    ("method", "event_dict"),
+    [
+        ("info", {"event": "rewrite", "session": "1f", "before": b"PORT 1,2\r\n", "n": 3}),
+        ("warning", {"session": "2", "event": "odd", "text": HOSTILE, "ok": True, "f": 1.5}),
+        ("warn", {"event": "x", "level": "bogus", "ts": "bogus", "peer": IPv4Address("10.0.0.1")}),
+        ("debug", {"a": None, "l": [1, "b"], "d": {"k": "v"}, "raw": bytearray(b"\x7f\x00")}),
+        ("error", {"event": b"\x1b[31m", "value": memoryview(b"a\r\nb"), "t": (1, 2)}),
+        ("info", {"event": "e", "nested": [b"x"], "obj": object}),
+    ],
+)
+def test_json_line_is_the_processor_chain(method: str, event_dict: dict[str, object]) -> None:
+    from ftpalg.ops.logs import _json_line
+
+    structlog.contextvars.bind_contextvars(request="r1", session="ctx")
+    try:
+        new = _json_line(None, method, dict(event_dict))
+        old = _chain_line(method, event_dict)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert _TS.sub('"ts": "T"', new) == _TS.sub('"ts": "T"', old)
+    assert new.startswith('{"ts": "') and '"level": ' in new
+
+
+def test_json_line_with_an_exception_is_the_processor_chain() -> None:
+    from ftpalg.ops.logs import _json_line
+
+    try:
+        raise ValueError("bad\r\nthing")
+    except ValueError:
+        new = _json_line(None, "exception", {"event": "failed", "exc_info": True})
+        old = _chain_line("exception", {"event": "failed", "exc_info": True})
+    assert _TS.sub('"ts": "T"', new) == _TS.sub('"ts": "T"', old)
+    assert "ValueError" in new and "\n" not in new

@@ -151,6 +151,33 @@ def test_observer_feeds_every_sink_whatever_the_level_and_survives_a_broken_one(
     configure("json", "info")  # back to the default for later tests
 
 
+def test_observer_renders_fields_only_for_lines_written() -> None:
+    """A bound session logger knows its level: an observation below it reaches every sink
+    but its fields() are never computed; at or above it the line is written as before."""
+    out = io.StringIO()
+    configure("json", "info", out)
+    rendered: list[str] = []
+
+    class Counted(ExpectationEnded):
+        __slots__ = ()
+
+        def fields(self) -> dict[str, object]:
+            rendered.append(self.event)
+            return super().fields()
+
+    seen: list[Observation] = []
+    observe = Observer(get_logger(), [seen.append]).bind(session="1")
+    listen = Endpoint(ip_address("192.0.2.1"), 40000)
+    quiet = Counted(ExpectationOutcome.USED, listen)  # debug
+    loud = Counted(ExpectationOutcome.EXPIRED, listen)  # info
+    observe(quiet)
+    observe(loud)
+    assert seen == [quiet, loud] and rendered == ["expectation_expired"]
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert line["event"] == "expectation_expired" and line["listen"] == "192.0.2.1:40000"
+    configure("json", "info")
+
+
 def test_log_rendering_of_observations() -> None:
     refused = SessionRefused(Refusal.LIMITS, TOO_MANY_SESSIONS, CLIENT_EP)
     assert (refused.event, refused.level) == ("session_refused", "warning")

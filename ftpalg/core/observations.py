@@ -38,11 +38,14 @@ class Observation:
         return self.LEVEL
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclass_fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
-            if f.name not in self.HIDDEN:
-                out[f.name] = _render(getattr(self, f.name))
-        return out
+        names = _LOGGED.get(type(self))
+        if names is None:
+            every = dataclass_fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
+            names = _LOGGED[type(self)] = tuple(f.name for f in every if f.name not in self.HIDDEN)
+        return {name: _render(getattr(self, name)) for name in names}
+
+
+_LOGGED: dict[type[Observation], tuple[str, ...]] = {}  # the logged field names, per class
 
 
 def _render(value: Any) -> Any:

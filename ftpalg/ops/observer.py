@@ -10,13 +10,22 @@ needs (started, draining, ...) go straight to `log`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+from structlog import BoundLoggerBase
 
 from ftpalg.core.observations import Observation
 from ftpalg.ops.events import Failed, Fault
 
 Sink = Callable[[Observation], None]
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class Observer:
@@ -26,6 +35,10 @@ class Observer:
         self.log = log
         self.sinks: list[Sink] = [] if sinks is None else sinks  # shared by bound copies
         self._broken = set() if broken is None else broken
+        # a bound structlog logger knows its level (the lazy proxy and test loggers: None)
+        self._enabled: Callable[[int], bool] | None = (
+            getattr(log, "is_enabled_for", None) if isinstance(log, BoundLoggerBase) else None
+        )
 
     def bind(self, **context: Any) -> Observer:
         return Observer(self.log.bind(**context), self.sinks, self._broken)
@@ -38,4 +51,7 @@ class Observer:
                 if id(sink) not in self._broken:
                     self._broken.add(id(sink))
                     self(Failed(Fault.OBSERVER, f"{obs.event}: {type(exc).__name__}: {exc}"))
-        getattr(self.log, obs.level)(obs.event, **obs.fields())
+        level = obs.level
+        enabled = self._enabled
+        if enabled is None or enabled(_LEVELS[level]):  # no fields() for a line not written
+            getattr(self.log, level)(obs.event, **obs.fields())

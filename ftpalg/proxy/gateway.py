@@ -35,7 +35,14 @@ from ftpalg.proxy.control import ControlSession, HalfProtocol
 from ftpalg.proxy.kernel_plane import KernelData, KernelPlane
 from ftpalg.proxy.refusal import refuse
 from ftpalg.proxy.relay_plane import DataPlane
-from ftpalg.proxy.sockets import endpoint, is_local_address, make_dial_socket, set_control_options
+from ftpalg.proxy.sockets import (
+    connect,
+    endpoint,
+    is_local_address,
+    make_dial_socket,
+    set_control_options,
+    stream_socket,
+)
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
@@ -275,8 +282,7 @@ class Gateway:
         """
         if source is None:
             family = socket.AF_INET6 if target.host.version == 6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            sock = stream_socket(family)
         else:
             try:
                 sock = make_dial_socket(source.host, source.port, transparent=True)
@@ -286,9 +292,7 @@ class Gateway:
                 return await self.dial(target, Endpoint(source.host, 0))
         try:
             address = (str(target.host), target.port)
-            await asyncio.wait_for(
-                self.loop.sock_connect(sock, address), self.config.connect_timeout
-            )
+            await connect(self.loop, sock, address, self.config.connect_timeout)
         except TimeoutError:
             sock.close()
             raise OSError(f"timed out after {self.config.connect_timeout:g} s") from None

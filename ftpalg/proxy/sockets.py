@@ -21,6 +21,8 @@ How this works:
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
@@ -32,13 +34,18 @@ IPV6_TRANSPARENT = 75
 IP_BIND_ADDRESS_NO_PORT = 24
 
 IPAddress = IPv4Address | IPv6Address
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+
+
+def stream_socket(family: int) -> socket.socket:
+    """A non-blocking TCP socket (made so at once: no separate fcntl/ioctl call)."""
+    return socket.socket(family, _NONBLOCKING_STREAM)
 
 
 def _new_socket(host: IPAddress) -> socket.socket:
     family = socket.AF_INET6 if host.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = stream_socket(family)
     try:
-        sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if host.version == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -92,9 +99,52 @@ def make_dial_socket(
     return sock
 
 
+async def connect(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int], timeout: float
+) -> None:
+    """Connect the non-blocking `sock` to the numeric `address`, within `timeout` seconds
+    (TimeoutError after it; OSError(errno) when the connect fails).
+
+    `loop.sock_connect` would do, but uvloop resolves even a numeric address with
+    getaddrinfo in its thread pool: a thread hand-off and a wake-up for every dial.
+    """
+    try:
+        sock.connect(address)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass
+    waiter: asyncio.Future[bool] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _settle, waiter, True)
+    timer = loop.call_later(timeout, _settle, waiter, False)
+    try:
+        connected = await waiter
+    finally:
+        loop.remove_writer(fd)
+        timer.cancel()
+    if not connected:
+        raise TimeoutError
+    if code := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        raise OSError(code, os.strerror(code))
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
+
+
+_PARSED: dict[str, IPAddress] = {}  # address text -> address: parsing it is pure Python
+
+
 def endpoint(sockaddr: Any) -> Endpoint:
     """A socket address tuple as an Endpoint."""
-    return Endpoint(ip_address(sockaddr[0]), int(sockaddr[1]))
+    host = sockaddr[0]
+    address = _PARSED.get(host)
+    if address is None:
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        address = _PARSED[host] = ip_address(host)
+    return Endpoint(address, int(sockaddr[1]))
 
 
 def is_local_address(addr: IPAddress) -> bool:
@@ -127,9 +177,11 @@ __all__ = [
     "IPV6_TRANSPARENT",
     "IP_BIND_ADDRESS_NO_PORT",
     "IP_TRANSPARENT",
+    "connect",
     "endpoint",
     "is_local_address",
     "make_dial_socket",
     "make_listener",
     "set_control_options",
+    "stream_socket",
 ]
