@@ -1,4 +1,5 @@
-"""The `ftpalg` command: the gateway daemon, and `ftpalg lab` (the network-namespace demo).
+"""The `ftpalg` command: the gateway daemon, `ftpalg lab` (the network-namespace demo) and
+`ftpalg cleanup` (remove what a killed instance left in the kernel).
 
 Every failure the operator can cause (bad flags or config, a listener that cannot bind, a
 missing capability) ends as one line on stderr and a non-zero exit, never a traceback.
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ftpalg.lab.command import lab_main
 
         return lab_main(args[1:])
+    if args[:1] == ["cleanup"]:
+        return cleanup_main(args[1:])
     try:
         config, parsed = build_config(args)
     except ConfigError as exc:
@@ -34,3 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ftpalg.proxy.daemon import run_daemon
 
     return run_daemon(config, args)
+
+
+def cleanup_main(args: list[str]) -> int:
+    if args:
+        print("usage: ftpalg cleanup  (no options; as root, where ftpalg ran)", file=sys.stderr)
+        return EXIT_CONFIG
+    from ftpalg.kernel.cleanup import cleanup
+    from ftpalg.kernel.errors import KernelSetupError
+
+    try:
+        print(f"ftpalg: {cleanup()}")
+    except KernelSetupError as exc:
+        print(f"ftpalg: {exc}", file=sys.stderr)
+        return 1
+    return 0

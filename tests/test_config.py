@@ -453,3 +453,10 @@ def test_marks_may_be_written_in_hex() -> None:
     assert (config.tproxy_mark, config.route_table) == (16, 100)
     with pytest.raises(ConfigError, match="not a whole number"):
         build_config(["--tproxy-mark", "0xg"])
+
+
+def test_help_names_the_other_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "'ftpalg lab'" in out and "'ftpalg cleanup'" in out

@@ -231,3 +231,30 @@ def remove(
             with _netlink_step(f"ip -{fam} route del local default table {table}", gone, netns):
                 if _route_exists(ipr, fam, table, lo):
                     ipr.route("del", **_route_spec(fam, table, lo))
+
+
+def remove_all_ours(*, netns: str | None = None) -> tuple[int, int]:
+    """Delete every rule and route marked ``proto 121`` (ftpalg's, whatever mark and table
+    they use: what a killed instance left); (rules, routes) deleted."""
+    gone = (errno.ENOENT, errno.ESRCH)
+    rules = routes = 0
+    with _ipr(netns) as ipr:
+        for fam, family in _FAMILY.items():
+            for msg in [m for m in ipr.get_rules(family=family) if _ours(m)]:
+                with _netlink_step(f"ip -{fam} rule del (proto {PROTO})", gone, netns):
+                    ipr.rule(
+                        "del",
+                        family=family,
+                        priority=msg.get_attr("FRA_PRIORITY"),
+                        fwmark=msg.get_attr("FRA_FWMARK"),
+                        fwmask=msg.get_attr("FRA_FWMASK"),
+                        table=_table_of(msg),
+                        protocol=PROTO,
+                    )
+                    rules += 1
+            for msg in [m for m in ipr.route("dump", family=family) if m["proto"] == PROTO]:
+                with _netlink_step(f"ip -{fam} route del (proto {PROTO})", gone, netns):
+                    spec = _route_spec(fam, _table_of(msg), int(msg.get_attr("RTA_OIF")))
+                    ipr.route("del", **spec)
+                    routes += 1
+    return rules, routes

@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # an operator's script must spell flags out
         description="Transparent FTP application layer gateway for Linux NAT gateways. "
         "Settings come from defaults, then --config FILE, then these flags.",
+        epilog="other commands: 'ftpalg lab' builds a network-namespace lab and carries real "
+        "FTP through ftpalg (ftpalg lab --help); 'ftpalg cleanup' removes what a killed "
+        "ftpalg left in the kernel (its nftables table and routing rules).",
     )
     add = p.add_argument
     add("--version", action="version", version=f"ftpalg {__version__}", help="print it, exit")

@@ -9,10 +9,12 @@ SIGINT, which drain running transfers for the grace period first.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ftpalg.kernel import KernelSetupError
 from ftpalg.ops import sdnotify
@@ -35,8 +37,18 @@ def bind_listeners(config: Config) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise OSError(exc.errno, f"cannot listen on {ep}: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EPERM and config.transparent:
+            why += " (transparent mode needs CAP_NET_ADMIN: run as root or grant it)"
+        elif exc.errno == errno.EACCES and ep.port < 1024:
+            why += f" (port {ep.port} needs CAP_NET_BIND_SERVICE: run as root or grant it)"
+        raise OSError(exc.errno, f"cannot listen on {ep}: {why}") from None
     return sockets
+
+
+def missing_interfaces(names: tuple[str, ...]) -> list[str]:
+    """Inside interfaces that do not exist now (nft wildcards like `wg*` are not checked)."""
+    return [n for n in names if not n.endswith("*") and not Path("/sys/class/net", n).exists()]
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -93,6 +105,8 @@ def _give_up(message: str, listeners: list[socket.socket], ops: Operations | Non
 def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     configure(config.log_format, config.log_level)
     log = get_logger()
+    for name in missing_interfaces(config.inside_interfaces):  # it may appear later (wg0)
+        log.warning("inside_interface_missing", interface=name)
     try:
         listeners = bind_listeners(config)
     except OSError as exc:

@@ -70,3 +70,14 @@ def test_inbound_ftp_to_a_dmz_server_is_not_diverted() -> None:
         assert str(lab.addresses.server_v4) in seen, seen  # routed, not proxied
     finally:
         lab.close()
+
+
+def test_a_missing_inside_interface_is_named_at_start(lab: Lab) -> None:
+    """nft matches interfaces by name, also ones created later (wg0): ftpalg starts, and says
+    which named interface does not exist (yet); a wildcard is not checked."""
+    args = ["--listen", "0.0.0.0:21", "--inside-interface", "nosuch0"]
+    alg = start_ftpalg(
+        lab, [*args, "--inside-interface", lab.ifnames.gw_inside, "--inside-interface", "wg*"]
+    )
+    (warning,) = alg.named("inside_interface_missing")
+    assert warning["interface"] == "nosuch0", warning

@@ -149,3 +149,25 @@ def test_reverse_mode_without_root_relays(lab: Lab, tmp_path: Path) -> None:
     assert lab.run("gw", ["nft", "list", "table", "inet", "ftpalg"]).returncode != 0
     target = FtpTarget(a.gw_outside_v4, 2100, server.user, server.password)
     fetch(lab, target, digest, tmp_path / "f.bin")
+
+
+def test_cleanup_after_a_kill(lab: Lab) -> None:
+    """`ftpalg cleanup` refuses while ftpalg runs; after a SIGKILL it removes exactly what
+    the killed instance left (table, rule, route), not another tool's rule."""
+    serve_file(lab)
+    lab.run("gw", ["ip", "rule", "add", "fwmark", "0x4", "lookup", "400"], check=True)
+    alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21"])
+    cleanup = [sys.executable, "-m", "ftpalg", "cleanup"]
+    busy = lab.run("gw", cleanup, timeout=30)
+    assert busy.returncode == 1 and "it is running; stop it instead" in busy.stderr, busy
+    alg.proc.send_signal(signal.SIGKILL)
+    alg.proc.wait(10)
+    done = lab.run("gw", cleanup, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "ftpalg: removed table inet ftpalg, 1 routing rule(s), 1 route(s)"
+    ), done.stdout
+    rules = lab.run("gw", ["ip", "rule"]).stdout
+    assert "lookup 100" not in rules and "fwmark 0x4 lookup 400" in rules, rules
+    again = lab.run("gw", cleanup, timeout=30)
+    assert again.stdout.strip() == "ftpalg: nothing of ftpalg's in the kernel", again.stdout
