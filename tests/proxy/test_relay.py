@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from ftpalg.proxy.relay import PIPE_SIZE, RelayResult, relay
+from ftpalg.proxy.relay import PIPE_SIZE, WAKEUP_BYTES, RelayResult, relay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,6 +162,72 @@ def test_back_pressure_bounds_buffering(run: Runner, zero_copy: bool) -> None:
             assert await reader == sha(data)
             y.shutdown(socket.SHUT_WR)
             assert await task == RelayResult(len(data), 0, None)
+
+    run(main)
+
+
+def test_each_wakeup_moves_a_bounded_amount(
+    run: Runner, zero_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk transfer gives the loop a turn after at most WAKEUP_BYTES.
+
+    A thread keeps ``x`` saturated (so the relay never runs dry), a reader callback drains
+    ``y``, the bytes the relay writes into ``b`` are counted at the system call (``os.splice``
+    and ``socket.send`` wrapped), and a ``call_soon`` chain samples that count once per turn
+    of the loop. Counting at the receiver instead is at the mercy of the kernel: loopback
+    delivery deferred to ksoftirqd on a busy machine now and then hands ``y`` megabytes that
+    the relay wrote over many turns. Before the bound a callback moved up to 16 pipes
+    (16 MiB; 4 MiB in copy mode) at once, and a control line waited behind all of it."""
+    size = 64 * MiB
+    x, a, b, y = four()
+    b_fd = b.fileno()
+    written = 0
+    real_splice, real_send = os.splice, socket.socket.send
+
+    def splice(src: int, dst: int, count: int, *args: Any, **kw: Any) -> int:
+        nonlocal written
+        n = real_splice(src, dst, count, *args, **kw)
+        written += n if dst == b_fd else 0
+        return n
+
+    def send(sock: socket.socket, data: Any, *args: Any) -> int:
+        nonlocal written
+        n = real_send(sock, data, *args)
+        written += n if sock is b else 0
+        return n
+
+    monkeypatch.setattr(os, "splice", splice)
+    monkeypatch.setattr(socket.socket, "send", send)
+
+    def push() -> None:
+        x.setblocking(True)
+        x.sendall(bytes(size))
+        x.shutdown(socket.SHUT_WR)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        last = 0
+        steps: list[int] = []
+        ended = asyncio.Event()
+
+        def sample() -> None:
+            nonlocal last
+            steps.append(written - last)
+            last = written
+            if not ended.is_set():
+                loop.call_soon(sample)
+
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            sender = loop.run_in_executor(None, push)
+            loop.call_soon(sample)
+            assert await recv_all(y) == sha(bytes(size))
+            ended.set()
+            await sender
+            y.shutdown(socket.SHUT_WR)
+            assert await task == RelayResult(size, 0, None)
+        assert written == size
+        assert max(steps) <= WAKEUP_BYTES, sorted(steps)[-5:]
 
     run(main)
 
