@@ -152,37 +152,51 @@ class KernelData:
             record(self.ledger, exc.segments)
 
     def _on_events(self) -> None:
+        lost = False
         try:
             events = self.watcher.read()
-        except ConntrackOverflow as exc:  # some events were lost: re-sync from a dump
-            events = [*exc.events, *self._resync()]
+        except ConntrackOverflow as exc:  # some events were lost: re-sync after these
+            events, lost = exc.events, True
         if self.segments is not None:  # a FIN's log message is queued before its event
             self._on_segments()
+        self._handle(events)
+        if lost:
+            self._handle(self._resync())
+
+    def _handle(self, events: list[CtEvent]) -> None:
         for ct in events:
-            run = self.running.get(ct.ct_id)
-            if run is None:
-                self._maybe_start(ct)
-            elif ct.fin_sent(0) and ct.fin_sent(1):
+            if ct.ct_id not in self.running and not self._maybe_start(ct):
+                continue
+            if ct.fin_sent(0) and ct.fin_sent(1):
                 self._finish(ct.ct_id, ct)
 
     def _resync(self) -> list[CtEvent]:
         """After lost events: connections that ended unseen are finished with what is known;
-        the dump's entries are handled like events (a start or an end that was missed)."""
+        the dump's entries are to be handled like events (a start or an end that was missed).
+        Called after the events read before the loss were handled: a start among them whose
+        end was lost is finished here, not left running."""
         snapshot = self.watcher.dump()
         alive = {ct.ct_id for ct in snapshot}
         for ct_id in [cid for cid in self.running if cid not in alive]:
             self._finish(ct_id, self.running[ct_id].first, error="conntrack events lost")
         return snapshot
 
-    def _maybe_start(self, ct: CtEvent) -> None:
+    def _maybe_start(self, ct: CtEvent) -> bool:
+        """Start the connection `ct` if an open pinhole admitted it; True when it started.
+
+        A registered pinhole has admitted no connection seen so far (the first one closes it),
+        and its gate admits one conntrack only: so `ct` is that connection even when it has
+        ended already (its start and end were both lost): it starts, and the caller finishes
+        it at once. Events of a connection whose pinhole is closed are not ours any more."""
         pid = id_of(ct.mark)
         entry = self.pinholes.get(pid) if pid is not None else None
-        if entry is None or ct.fin_sent(0):
-            return  # a pinhole closed meanwhile, or an event of an ended connection
+        if entry is None:
+            return False
         conn = entry.plane.host_conn_id()
         self.running[ct.ct_id] = _Running(entry.plane, conn, self.now(), ct)
         peer = Endpoint(ip_address(ct.orig.src), ct.orig.sport)
         entry.plane.feed(DataAccepted(entry.listener, conn, peer))
+        return ct.ct_id in self.running  # not rejected meanwhile (KernelPlane.reject)
 
     def _finish(self, ct_id: int, ct: CtEvent, error: str | None = None) -> None:
         run = self.running.pop(ct_id, None)
