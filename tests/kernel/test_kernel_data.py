@@ -1,9 +1,10 @@
-"""The kernel data plane when conntrack events are lost (ENOBUFS): `KernelData` re-syncs from
-a dump and every data connection still gets exactly one `DataAccepted` and one `DataFinished`
-with the right outcome. Real parts throughout: a client — gateway — server lab, ftpalg's
-table with its pinholes, a `KernelData` built inside the gateway's namespace (its watcher,
-NFLOG and nf_tables sockets live there), `KernelPlane.open` for every pinhole, real TCP
-connections through them, real conntrack events, a real overflow and a real dump.
+"""`KernelData` (the kernel data plane's link to the kernel) on a real gateway: above all when
+conntrack events are lost (ENOBUFS): it re-syncs from a dump, and every data connection still
+gets exactly one `DataAccepted` and one `DataFinished` with the right outcome; also the drain
+at SIGTERM and what `close()` finishes. Real parts throughout: a client — gateway — server
+lab, ftpalg's table with its pinholes, a `KernelData` built inside the gateway's namespace
+(its watcher, NFLOG and nf_tables sockets live there), `KernelPlane.open` for every pinhole,
+real TCP connections through them, real conntrack events, a real overflow and a real dump.
 
 How the overflow is made: the watcher gets a small receive buffer, and the event loop is
 blocked (a synchronous subprocess) while a burst of tagged connections runs, so nothing is
@@ -352,3 +353,38 @@ async def test_lost_events_every_connection_finishes_once(net: Net) -> None:
         if conn.kind != "reset":  # the reset's own direction falls back to the estimate
             assert finished.accepted_to_dialed == 0, (conn.kind, finished)
     assert data.running == {} and data.pinholes == {}
+
+
+async def test_drained_waits_for_running_connections_and_close_finishes_them(net: Net) -> None:
+    """`drained()` (the SIGTERM drain) returns only when no data connection runs; `close()`
+    (ftpalg exits, the grace period over) finishes what still runs, so each connection gets
+    its DataFinished."""
+    data = in_netns(net.gw, lambda: KernelData(Observer(get_logger())))
+    planes = Planes(data)
+    held = planes.open("held", 43000, 0)
+    done = planes.open("ok", 41000, 5000)
+    code = f"HOST, SIZES = {str(SERVER)!r}, {{43000: -1, 41000: 5000}}\n{SERVER_CODE}"
+    server = net.lab.spawn(net.srv, code)
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    data.start(asyncio.get_running_loop())
+    closed = False
+    holder = _hold(net, [held])
+    try:
+        assert await _until(lambda: bool(held.accepted), 10)
+        drain = asyncio.ensure_future(data.drained())
+        _download(net, [done])
+        assert await _until(lambda: bool(done.finished), 10), done.events
+        await asyncio.sleep(0.3)
+        assert not drain.done() and not held.finished  # the held connection still runs
+        data.close()
+        closed = True
+        (finished,) = held.finished
+        assert finished.error == "gateway shutting down", finished
+        await asyncio.wait_for(drain, 2)
+        assert data.running == {}
+    finally:
+        holder.communicate("", timeout=10)
+        if not closed:
+            data.close()
+    (ok,) = done.finished
+    assert (ok.dialed_to_accepted, ok.error) == (5000, None)
