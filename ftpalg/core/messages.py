@@ -20,6 +20,10 @@ class Side(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
 
+    # identity hash, in C (Enum's own hashes the name in Python): sides key the per-side
+    # dicts that every control line goes through
+    __hash__ = object.__hash__
+
     @property
     def other(self) -> Side:
         return Side.SERVER if self is Side.CLIENT else Side.CLIENT

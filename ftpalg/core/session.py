@@ -83,6 +83,7 @@ class Session:
         }
         self._last_activity = now
         self._next_listener = 1
+        self._shutdowns = False  # a ShutdownWrite was output (sends to that side drop)
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -125,20 +126,27 @@ class Session:
         return self.sides[side].backlog + self.sides[side].framer.buffered
 
     def next_deadline(self) -> float | None:
+        """The earliest of: the expectation's deadline, the idle timeout (no data connection
+        alive), each unterminated line's timeout. Asked after every event: no lists."""
         if self.closed:
             return None
-        deadlines = [self.expectation.deadline] if self.expectation else []
+        best = self.expectation.deadline if self.expectation else None
         if not self.data.active:
-            deadlines.append(self._last_activity + self.policy.idle_timeout)
-        deadlines += [t + self.policy.line_timeout for t in self._partial_starts()]
-        return min(deadlines) if deadlines else None
+            idle = self._last_activity + self.policy.idle_timeout
+            best = idle if best is None or idle < best else best
+        for direction in self.sides.values():
+            if direction.partial_since is not None:
+                line = direction.partial_since + self.policy.line_timeout
+                best = line if best is None or line < best else best
+        return best
 
     def _partial_starts(self) -> list[float]:
         return [d.partial_since for d in self.sides.values() if d.partial_since is not None]
 
     def _after_shutdown(self, out: list[Action]) -> list[Action]:
-        """Nothing is sent to a side after its write half was shut (see direction.py)."""
-        return drop_sends_after_shutdown(self.sides, out)
+        """Nothing is sent to a side after its write half was shut (see direction.py); until
+        the first ShutdownWrite there is nothing to drop."""
+        return drop_sends_after_shutdown(self.sides, out) if self._shutdowns else out
 
     # ---- control lines ------------------------------------------------------------------
 
@@ -185,6 +193,7 @@ class Session:
         elif rest:  # any other unterminated last line is passed on
             out.append(Send(side.other, rest))
         out.append(ShutdownWrite(side.other))
+        self._shutdowns = True
         if all(d.eof_done for d in self.sides.values()):
             self._close("closed by both peers", out)
 

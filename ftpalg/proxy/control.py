@@ -136,6 +136,7 @@ class ControlSession:
         self._running = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
+        self._held_back = False  # a side's reading is paused for its backlog
         self.closed = False
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -171,11 +172,16 @@ class ControlSession:
         self._apply_backlog()
 
     def _run(self, event: Event) -> None:
-        work: deque[Action] = deque(self.core.handle(event, self.loop.time()))
-        while work:
-            outcome = self._execute(work.popleft())
-            if outcome is not None:  # the core answers before the rest of the batch
-                work.extendleft(reversed(self.core.handle(outcome, self.loop.time())))
+        actions = self.core.handle(event, self.loop.time())
+        for index, action in enumerate(actions):
+            if (outcome := self._execute(action)) is not None:
+                # the core answers before the rest of the batch: from here on, a work-list
+                work: deque[Action] = deque(self.core.handle(outcome, self.loop.time()))
+                work.extend(actions[index + 1 :])
+                while work:
+                    if (outcome := self._execute(work.popleft())) is not None:
+                        work.extendleft(reversed(self.core.handle(outcome, self.loop.time())))
+                return
 
     # ---- the one place where actions become I/O -------------------------------------------
 
@@ -183,8 +189,8 @@ class ControlSession:
         match action:
             case Send(side, data):
                 half = self.halves.get(side)
-                if half is not None and (transport := half.writable()) is not None:
-                    transport.write(data)
+                if half is not None and (t := half.transport) is not None and not t.is_closing():
+                    t.write(data)
             case ShutdownWrite(side):
                 half = self.halves.get(side)
                 if half is not None and (transport := half.writable()) is not None:
@@ -213,27 +219,44 @@ class ControlSession:
     # ---- time, back-pressure and the end --------------------------------------------------
 
     def _arm_timer(self) -> None:
-        deadline = None if self.closed else self.core.next_deadline()
-        if deadline == self._armed_at:
+        """Keep the one timer at or before the core's next deadline. Most events only move
+        the deadline later (activity): the timer stays and, when it fires early, is set
+        again for the deadline of then (`_on_timer`) — no new timer per line."""
+        if self.closed:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._armed_at = None
+            return
+        deadline = self.core.next_deadline()
+        if deadline is None or (self._armed_at is not None and self._armed_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._armed_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._armed_at = None
+        self._timer = self._armed_at = None
+        deadline = None if self.closed else self.core.next_deadline()
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:  # moved since it was set: wait for the new one
+            self._armed_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
         self.handle(TimerFired())
 
     def _apply_backlog(self) -> None:
-        for side in Side:
-            if self.core.backlog(side) > BACKLOG_LIMIT:
+        backlog = self.core.backlog
+        client, server = backlog(Side.CLIENT), backlog(Side.SERVER)
+        if not self._held_back and client <= BACKLOG_LIMIT and server <= BACKLOG_LIMIT:
+            return  # nothing held back, nothing to hold back: the usual case
+        for side, held in ((Side.CLIENT, client), (Side.SERVER, server)):
+            if held > BACKLOG_LIMIT:
                 self.pause_reading(side, "backlog")
             else:
                 self.resume_reading(side, "backlog")
+        self._held_back = any("backlog" in half.paused_for for half in self.halves.values())
 
     def pause_reading(self, side: Side, reason: str) -> None:
         half = self.halves.get(side)
