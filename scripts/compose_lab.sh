@@ -11,6 +11,7 @@
 #     reachable): a Debian bookworm root filesystem made with debootstrap and `podman import`;
 #   - the wheels of ftpalg and its pinned dependencies (pip on the host; the image build
 #     installs them offline: pip inside a build cannot verify the index's certificate here).
+# Then both labs run again with Debian's docker-compose against podman's Docker API service.
 # Arguments go to `ftpalg lab --containers` (e.g. --topology reverse, --keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,16 +73,42 @@ if ! podman image exists "$base"; then
   trap - EXIT
 fi
 
+# SOURCE_DATE_EPOCH: the same source gives the same wheel, and the image build its cache.
 say "building the wheels (docker/constraints.txt) into docker/wheels"
 rm -f docker/wheels/*.whl
-if ! .venv/bin/pip wheel -q -c docker/constraints.txt -w docker/wheels . >.lab-tools/wheels.log 2>&1
+if ! SOURCE_DATE_EPOCH=315532800 .venv/bin/pip wheel -q -c docker/constraints.txt -w docker/wheels . >.lab-tools/wheels.log 2>&1
 then
   grep -v "^WARNING: Location" .lab-tools/wheels.log | tail -20 >&2; exit 1
 fi
 
-say "running ftpalg lab --containers"
+export FTPALG_BASE=$base FTPALG_PIP_SOURCE=wheels
 status=0
-FTPALG_BASE=$base FTPALG_PIP_SOURCE=wheels \
-  .venv/bin/ftpalg lab --containers --compose podman-compose "$@" || status=$?
+say "ftpalg lab --containers with podman-compose"
+.venv/bin/ftpalg lab --containers --compose podman-compose "$@" || status=$?
+
+# The same compose files with Debian's docker-compose (1.29, which rejects a top-level
+# `name:`), here driving podman through its Docker API: the images built above, both labs
+# again. FTPALG_COMPOSE_LAB_DOCKER_COMPOSE=0 skips this pass.
+if [ "${FTPALG_COMPOSE_LAB_DOCKER_COMPOSE:-1}" = 1 ]; then
+  if ! command -v docker-compose >/dev/null; then
+    say "installing docker-compose"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+  fi
+  sock="$PWD/$tools/podman.sock"
+  rm -f "$sock"
+  podman system service --time=0 "unix://$sock" >"$tools/podman-service.log" 2>&1 &
+  service=$!
+  trap 'kill "$service" 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+  say "ftpalg lab --containers with docker-compose (podman's Docker API)"
+  DOCKER_HOST="unix://$sock" .venv/bin/ftpalg lab --containers --compose docker-compose \
+    --no-build "$@" || status=$?
+  kill "$service" 2>/dev/null || true
+  wait "$service" 2>/dev/null || true
+  trap - EXIT
+  rm -f "$sock"
+fi
 say "done, exit $status"
 exit "$status"

@@ -13,7 +13,6 @@ the constants of `ftpalg.lab.containers` against the compose files.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -280,11 +279,16 @@ def test_render_and_client_commands() -> None:
     assert "put /tmp/upload.bin -o upload/x.bin" in argv[-1]
 
 
-def test_no_engine_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(ROOT / "nonexistent"))
+def test_no_engine_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(containers.LabFailure, match="no container engine"):
         containers.find_compose(None)
     assert containers.find_compose("podman-compose --verbose") == ["podman-compose", "--verbose"]
     assert containers.Engine(["podman-compose"]).cli == "podman"
+    assert containers.Engine(["docker-compose"]).cli == "podman"  # podman's Docker API
+    (tmp_path / "docker").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "docker").chmod(0o755)
     assert containers.Engine(["docker", "compose"]).cli == "docker"
-    assert os.environ["PATH"].endswith("nonexistent")
+    assert containers.Engine(["podman-compose"]).env["BUILDAH_FORMAT"] == "docker"
+    with pytest.raises(containers.LabFailure, match="no container engine"):
+        containers.find_compose(None)  # a docker CLI without a daemon does not count

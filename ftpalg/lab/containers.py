@@ -140,7 +140,10 @@ class Engine:
 
     def __init__(self, compose: list[str]) -> None:
         self.compose = compose
-        self.cli = "podman" if "podman-compose" in Path(compose[0]).name else "docker"
+        # docker's compose tools may drive podman's Docker API (DOCKER_HOST): then the podman
+        # CLI sees the same containers when there is no docker CLI.
+        podman = "podman-compose" in Path(compose[0]).name or not shutil.which("docker")
+        self.cli = "podman" if podman else "docker"
         # HEALTHCHECK survives a podman build only in the docker image format.
         self.env = os.environ | ({"BUILDAH_FORMAT": "docker"} if self.cli == "podman" else {})
 
@@ -199,12 +202,15 @@ class Engine:
         return out
 
     def healthy(self, cid: str) -> bool:
-        """The image's own HEALTHCHECK, run now (podman) or as the engine last saw it."""
-        if self.cli == "podman":
-            argv = ["podman", "healthcheck", "run", cid]
-            return subprocess.run(argv, capture_output=True, check=False).returncode == 0
-        fmt = "{{if .State.Health}}{{.State.Health.Status}}{{end}}"
-        return _run(["docker", "inspect", "-f", fmt, cid], 60).strip() == "healthy"
+        """The image's own HEALTHCHECK command, run now in the container (podman runs health
+        checks from systemd timers, which a machine without systemd does not have)."""
+        fmt = "{{json .Config.Healthcheck}}"
+        check = json.loads(_run([self.cli, "inspect", "-f", fmt, cid], 60) or "null") or {}
+        test = check.get("Test") or []
+        if not test or test[0] not in ("CMD", "CMD-SHELL"):
+            raise LabFailure(f"the gateway's image has no HEALTHCHECK: {check}")
+        argv = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
+        return self.exec(cid, argv, 30).returncode == 0
 
 
 def find_compose(wanted: str | None) -> list[str]:
