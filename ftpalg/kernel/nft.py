@@ -134,8 +134,7 @@ def render(plan: NftPlan) -> str:
         if port is not None:
             target = "ip" if version == 4 else "ip6"
             lines.append(
-                f"\t\t{_selector(plan, version)} tproxy {target} to :{port}"
-                f" {set_mark} accept"
+                f"\t\t{_selector(plan, version)} tproxy {target} to :{port} {set_mark} accept"
             )
     lines.append("\t}")
     rejects = plan.fail_closed and plan.families

@@ -130,6 +130,6 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
         print(f"ftpalg: {exc}", file=sys.stderr)
         return 1
     finally:
+        kernel.close(log)  # transfers still running get their data_finished (xferlog too)
         ops.close()
-        kernel.close(log)
     return 0

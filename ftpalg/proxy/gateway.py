@@ -312,10 +312,15 @@ class Gateway:
         self.accepting = False
         for acceptor in self.acceptors:
             acceptor.close()
-        running = set(self.data_tasks)
-        if running:
-            self.log.info("draining", transfers=len(running), grace_seconds=grace)
-            await asyncio.wait(running, timeout=grace)
+        running: set[asyncio.Future[None]] = set(self.data_tasks)
+        kernel = self.kernel_data.running if self.kernel_data is not None else {}
+        if running or kernel:  # relays, and transfers the kernel carries
+            self.log.info("draining", transfers=len(running) + len(kernel), grace_seconds=grace)
+            if kernel and self.kernel_data is not None:
+                running.add(asyncio.ensure_future(self.kernel_data.drained()))
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for waiter in pending - self.data_tasks:
+                waiter.cancel()
         for control in list(self.sessions):
             control.close("gateway shutting down", P.SHUTTING_DOWN)
         for task in list(self.tasks):

@@ -56,7 +56,8 @@ class KernelState:
             self.data.elements.apply(open_ops(pinhole))
         return len(pinholes)
 
-    def close(self, log: FilteringBoundLogger) -> None:
+    def close(self, log: FilteringBoundLogger | None) -> None:
+        """Undo everything; `log` None: quietly (a set-up that failed says so itself)."""
         if self.guard is not None:
             self.guard.close()
         elif self.watch is not None:
@@ -67,7 +68,8 @@ class KernelState:
             try:
                 self.setup.teardown()
             except (KernelSetupError, OSError) as exc:
-                log.error("kernel_teardown_failed", error=str(exc))
+                if log is not None:
+                    log.error("kernel_teardown_failed", error=str(exc))
         if self.lock is not None:
             self.lock.close()  # only now may another instance take the table
 
@@ -177,7 +179,7 @@ def set_up_kernel(
         return state
     except (KernelSetupError, OSError) as exc:
         with contextlib.suppress(KernelSetupError, OSError):
-            state.close(log)
+            state.close(None)
         if config.transparent or config.data_plane == "kernel":
             raise KernelSetupError(f"kernel setup failed: {exc}") from None
         log.warning("data_plane_relay", reason=f"kernel setup failed: {exc}")

@@ -482,16 +482,7 @@ def test_escapes_never_reach_the_log_raw_and_pass_never_logged(env: Env) -> None
     assert all(line.startswith(b"{") for line in raw.splitlines())  # one event per line
 
 
-# The kernel plane's drain needs Gateway.shutdown to await KernelData.drained() next to the
-# relay's tasks (the gateway is not this test's to change; issue 12 notes): until it does,
-# ftpalg stops at once and the kernel-carried transfer breaks when its table goes. strict: a
-# pass fails the run, so the marker goes when the fix lands.
-DRAIN_PENDING = pytest.mark.xfail(
-    strict=True, reason="Gateway.shutdown does not await KernelData.drained() yet"
-)
-
-
-@pytest.mark.parametrize("plane", ["relay", pytest.param("kernel", marks=DRAIN_PENDING)])
+@pytest.mark.parametrize("plane", ["relay", "kernel"])
 def test_sigterm_drains_a_running_transfer(plane: str, tmp_path: Path) -> None:
     """SIGTERM while a download runs: ftpalg refuses new sessions, waits for the transfer
     (the relay carries it; on the kernel plane the kernel does and ftpalg waits for its end
