@@ -12,17 +12,18 @@ never both; that is the back-pressure: a slow receiver stops the reads, and at m
 (1 MiB, the default fs.pipe-max-size: 1605 vs 1432 MB/s for 256 KiB on a 1 GiB lab download)
 per direction is ever held.
 
-A callback moves at most ``WAKEUP_BYTES`` (256 KiB: every fill and drain is sized to what is
+A callback moves at most ``WAKEUP_BYTES`` (512 KiB: every fill and drain is sized to what is
 left of it), then yields to the loop; the registration is level-triggered, so it comes back
 at once when still ready. Why: the relay shares its event loop with the control sessions,
-and a control line that arrives while a callback runs waits for it to end. At 256 KiB one
-callback of a bulk transfer is ~0.15 ms at the 1.7 GB/s the relay reaches on loopback (~0.3
-ms at 800 MB/s), so a NOOP, which passes the loop on its way in and on its way out, waits
-well under 1 ms behind each transfer in progress. The old budget (16 fill/drain steps of up
-to a full pipe) held the loop for up to 16 MiB, 5–6 ms of CPU per callback. Smaller bounds
-cost CPU, not throughput: on loopback the relay used ~0.33 s of CPU per GiB at 1 MiB per
-callback, ~0.41 s at 256 KiB, ~0.6 s at 64 KiB (more turns of the loop, smaller splices), at
-the same MB/s within the noise (``bench/relay_bench.py --wakeup-kib``).
+and a control line that arrives while a callback runs waits for it to end; a NOOP passes the
+loop twice (in and out). The old budget (16 fill/drain steps of up to a full pipe) held the
+loop for up to 16 MiB, 5–6 ms per callback. The bound trades CPU for that wait, not
+throughput (same MB/s within the noise): in the lab (1 GiB EPSV downloads) the relay used
+0.32 s of CPU per GiB with the old budget, 0.35 at 1 MiB, 0.39 at 512 KiB, 0.45 at 256 KiB,
+0.73 at 64 KiB (more turns of the loop, smaller splices). At 0.39 s/GiB one 512 KiB callback
+is ~0.2 ms of CPU, so a NOOP waits ~0.4 ms behind a transfer in progress, inside the 1 ms the
+control plane may lose to one; 256 KiB would halve that for 15 % more CPU per GiB
+(``bench/relay_bench.py --wakeup-kib``; `python -m bench`, phase ``loaded_latency``).
 
 Subtle rules:
 
@@ -57,7 +58,7 @@ from dataclasses import dataclass
 PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 256 * 1024
 FALLBACK_BUFFER_SIZE = 16 * 1024  # after leaving splice mode (EOF, urgent mark)
-WAKEUP_BYTES = 256 * 1024  # bytes one callback moves at most before yielding to the loop
+WAKEUP_BYTES = 512 * 1024  # bytes one callback moves at most before yielding to the loop
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _IDLE, _READ, _WRITE = 0, 1, 2
