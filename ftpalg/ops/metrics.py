@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -149,42 +150,51 @@ class Metrics:
         for labels, metric in every_label:
             for label in labels:
                 metric.labels(label)  # every series exists from the start, at 0
+        # the series observe() moves, looked up once: labels() is a lock and a dict per call
+        self._rewrites = {kind: self.rewrites.labels(kind.value) for kind in Kind}
+        self._refusals = {reason: self.refusals.labels(reason.value) for reason in Refusal}
+        self._outcomes = {o: self.expectations.labels(o.value) for o in ExpectationOutcome}
+        self._data = {mode: self.data.labels(mode.value) for mode in DataMode}
+        self._opened = {mode: self.sessions.labels(mode) for mode in MODES}
+        self._active = {mode: self.sessions_active.labels(mode) for mode in MODES}
+        self._to_client = self.bytes.labels("to_client")
+        self._to_server = self.bytes.labels("to_server")
 
     def observe(self, obs: Observation) -> None:
         """Account for one observation (called for every one, whatever the log level)."""
         match obs:
             case Rewritten():
-                self.rewrites.labels(obs.kind.value).inc()
+                self._rewrites[obs.kind].inc()
                 self.pending.inc()
                 self.seq_offset.observe(abs(obs.seq_offset))
             case ExpectationEnded():
                 self.pending.dec()
-                self.expectations.labels(obs.outcome.value).inc()
+                self._outcomes[obs.outcome].inc()
             case DataStarted():
-                self.data.labels(obs.mode.value).inc()
+                self._data[obs.mode].inc()
                 self.data_active.inc()
             case DataEnded():
                 self.data_active.dec()
-                self.bytes.labels("to_client").inc(obs.bytes_to_client)
-                self.bytes.labels("to_server").inc(obs.bytes_to_server)
+                self._to_client.inc(obs.bytes_to_client)
+                self._to_server.inc(obs.bytes_to_server)
                 if not obs.ok:
                     self.relay_errors.inc()
             case SessionOpened():
-                self.sessions.labels(obs.mode).inc()
-                self.sessions_active.labels(obs.mode).inc()
+                self._series(self._opened, self.sessions, obs.mode).inc()
+                self._series(self._active, self.sessions_active, obs.mode).inc()
                 self.upstream_latency.observe(obs.connect_ms / 1000)
             case SessionClosed():
-                self.sessions_active.labels(self.mode).dec()
+                self._series(self._active, self.sessions_active, self.mode).dec()
             case CommandRefused() | DataRejected() | SessionRefused():
-                self.refusals.labels(_reason(obs).value).inc()
+                self._refusals[_reason(obs)].inc()
             case MalformedCommandRefused() | UnterminatedAddressLineDropped():
-                self.refusals.labels(Refusal.MALFORMED.value).inc()
+                self._refusals[Refusal.MALFORMED].inc()
             case ReplyAddressMismatch():
-                self.refusals.labels(Refusal.MISMATCH.value).inc()
+                self._refusals[Refusal.MISMATCH].inc()
             case NoDataPort():
-                self.refusals.labels(Refusal.NO_DATA_PORT.value).inc()
+                self._refusals[Refusal.NO_DATA_PORT].inc()
             case RewriteImpossible():
-                self.refusals.labels(Refusal.UNREPRESENTABLE.value).inc()
+                self._refusals[Refusal.UNREPRESENTABLE].inc()
             case UpstreamConnectFailed():
                 self.upstream_failures.inc()
             case ProtocolViolation():
@@ -193,6 +203,12 @@ class Metrics:
                 self.errors.labels(_FAULT_LABELS[obs.what]).inc()
             case Reloaded():
                 self.reloads.labels("ok" if obs.ok else "failed").inc()
+
+    @staticmethod
+    def _series(known: dict[str, Any], metric: Counter | Gauge, mode: str) -> Any:
+        """The series of `mode`: looked up once, or made (a mode outside MODES) as before."""
+        series = known.get(mode)
+        return series if series is not None else metric.labels(mode)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,6 +73,24 @@ def test_idle_timeout_closes_with_421(ftp_server: int, tmp_path: Path) -> None:
         stop(alg.proc)
 
 
+def test_activity_moves_the_idle_timeout_later(ftp_server: int, tmp_path: Path) -> None:
+    """The session's one timer stays at the first deadline while activity moves it later;
+    when it fires early it waits for the deadline of then: a session busy past several
+    idle timeouts stays, and the 421 comes one timeout after its last command."""
+    alg = launch_alg(tmp_path, ftp_server, "--idle-timeout", "1")
+    try:
+        sock = socket.create_connection((alg.host, alg.port), timeout=5)
+        assert read_reply(sock).startswith(b"220")
+        for _ in range(6):  # 2.4 s of activity: past two idle timeouts from the start
+            time.sleep(0.4)
+            assert command(sock, b"NOOP").startswith(b"200")
+        last = time.monotonic()
+        assert read_reply(sock).startswith(b"421 Idle timeout")
+        assert 0.8 < time.monotonic() - last < 3
+    finally:
+        stop(alg.proc)
+
+
 def test_upstream_refused_gives_421(tmp_path: Path) -> None:
     alg = launch_alg(tmp_path, free_port())  # nothing listens there
     try:
