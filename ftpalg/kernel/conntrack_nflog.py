@@ -23,8 +23,10 @@ Subtle rules:
 - A GRO/GSO packet can carry the FIN behind data (seen: FIN on a 24,808-byte packet): the
   FIN's number is ``seq + payload length``, the length taken from the IP length field; an
   IPv6 jumbogram (BIG TCP, ``payload_len`` 0) gives ``length=None`` and no exact value.
-- A direction that ends with an RST, or whose SYN or FIN message was lost (``ENOBUFS``,
-  :class:`SegmentsLost`), has no exact value: fall back to ``estimate_payload``.
+- A direction that ends with an RST without a FIN is exact too: an RST carries the sender's
+  next sequence number (``snd_nxt``: everything it sent, delivered or not). A direction whose
+  SYN or end was lost (``ENOBUFS``, :class:`SegmentsLost`), or a refused connection's RST
+  (no SYN of that direction), has no exact value: fall back to ``estimate_payload``.
 - ``NFULNL_CFG_F_CONNTRACK`` (the conntrack inside each message: ct id, mark, counters) is
   asked for and used when the kernel has ``CONFIG_NETFILTER_NETLINK_GLUE_CT``; this 6.18
   kernel does not (``EOPNOTSUPP``), so nothing here depends on it (``with_conntrack``).
@@ -171,6 +173,8 @@ def record(ledger: SeqLedger, segments: list[Segment]) -> None:
             ledger.syn(seg.leg, seg.seq)
         if seg.fin and seg.length is not None:
             ledger.fin(seg.leg, (seg.seq + seg.length) & 0xFFFFFFFF)
+        if seg.rst and not seg.syn:
+            ledger.rst(seg.leg, seg.seq)
 
 
 class SegmentLog:

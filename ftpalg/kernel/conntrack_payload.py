@@ -145,30 +145,43 @@ class SeqLedger:
     def __init__(self) -> None:
         self._isn: dict[Leg, int] = {}
         self._fin: dict[Leg, int] = {}
+        self._rst: dict[Leg, int] = {}
 
     def __len__(self) -> int:
-        return len(self._isn.keys() | self._fin.keys())
+        return len(self._isn.keys() | self._fin.keys() | self._rst.keys())
 
     def syn(self, leg: Leg, seq: int) -> None:
         self._isn[leg] = seq
         self._fin.pop(leg, None)
+        self._rst.pop(leg, None)
 
     def fin(self, leg: Leg, fin_seq: int) -> None:
         self._fin[leg] = fin_seq
+
+    def rst(self, leg: Leg, seq: int) -> None:
+        """An RST sent by that direction: its sequence number is the sender's next one
+        (``snd_nxt``), so it ends the payload count like a FIN — the first one counts."""
+        self._rst.setdefault(leg, seq)
 
     def finished(self, leg: Leg) -> bool:
         """A FIN of that direction was seen."""
         return leg in self._fin
 
     def payload(self, leg: Leg, high: int | None = None) -> int | None:
-        """Exact payload of a direction whose SYN and FIN were seen, else None.
+        """Exact payload of a direction whose SYN and FIN (or, without a FIN, RST) were
+        seen, else None. An RST without a SYN of that direction (a refused connection)
+        counts nothing here.
 
         ``high``: the counters' upper bound (``PayloadEstimate.high``), needed past 4 GiB.
         """
-        isn, fin = self._isn.get(leg), self._fin.get(leg)
-        if isn is None or fin is None:
+        isn, end = self._isn.get(leg), self._fin.get(leg, self._rst.get(leg))
+        if isn is None or end is None:
             return None
-        return seq_payload(isn, fin, high)
+        return seq_payload(isn, end, high)
+
+    def reset(self, ct: CtEvent) -> bool:
+        """An RST of either direction of `ct` was seen before that direction's FIN."""
+        return any(leg in self._rst and leg not in self._fin for leg in legs(ct))
 
     def payloads(
         self, ct: CtEvent, high: tuple[int | None, int | None] = (None, None)
@@ -181,3 +194,4 @@ class SeqLedger:
         for leg in legs(ct):
             self._isn.pop(leg, None)
             self._fin.pop(leg, None)
+            self._rst.pop(leg, None)

@@ -213,10 +213,11 @@ class KernelData:
             e if e is not None else (c.estimate if c is not None else 0)
             for e, c in zip(exact, counted, strict=True)
         )
+        reset = self.ledger.reset(final)
         self.ledger.forget(final)
         if error is None and ct.tcp_state is TcpState.CLOSE:
-            both_fins = exact[0] is not None and exact[1] is not None
-            error = None if both_fins else "reset"
+            both_ends = exact[0] is not None and exact[1] is not None
+            error = "reset" if reset or not both_ends else None
         seconds = self.now() - run.started
         run.plane.feed(DataFinished(run.conn, orig, reply, seconds, error))
 

@@ -271,6 +271,32 @@ def test_seq_ledger_legs_and_nat() -> None:
     assert len(ledger) == 0 and ledger.payloads(ct) == (None, None)
 
 
+def test_seq_ledger_counts_a_reset_direction_exactly() -> None:
+    """An RST carries the sender's next sequence number: a direction that ends with one is
+    counted exactly; the connection still counts as reset. A FIN first wins over a later
+    RST; an RST of a direction whose SYN was not seen (a refused connection) counts nothing."""
+    ct = CtEvent(
+        CtKind.NEW,
+        6,
+        TAG,
+        CtTuple(4, 6, "192.0.2.5", "198.51.100.1", 4000, 50000),
+        CtTuple(4, 6, "198.51.100.1", "192.0.2.5", 50000, 4000),
+    )
+    orig, reply = legs(ct)
+    ledger = SeqLedger()
+    ledger.syn(orig, 100)
+    ledger.syn(reply, 7000)
+    ledger.fin(reply, 7001 + 5000)
+    assert not ledger.reset(ct)
+    ledger.rst(orig, 101)  # no payload sent, then an abort (ABOR, a client that gives up)
+    ledger.rst(orig, 999)  # a later RST of that direction does not move the count
+    ledger.rst(reply, 9999)  # after its FIN: the FIN counts
+    assert ledger.payloads(ct) == (0, 5000) and ledger.reset(ct)
+    ledger.forget(ct)
+    ledger.rst(reply, 42)
+    assert ledger.payloads(ct) == (None, None) and len(ledger) == 1
+
+
 def _tcp(seq: int, flags: int, payload: int, doff: int = 8) -> bytes:
     hdr = struct.pack(">HHIIBBHHH", 5001, 40000, seq, 0, doff << 4, flags, 0, 0, 0)
     return hdr + b"\x01\x01\x08\x0a" + b"\0" * (doff * 4 - 24)
@@ -315,6 +341,12 @@ def test_record_and_rule_text() -> None:
     assert syn is not None and fin is not None
     record(ledger, [syn, fin])
     assert ledger.payload(syn.leg) == 19  # ISN 2**32-1: data 0..18 wraps through 0
+    reset = SeqLedger()
+    first = parse_tcp(4, _ipv4(52) + _tcp(0, 0x02, 0))
+    rst = parse_tcp(4, _ipv4(52) + _tcp(41, 0x14, 0))  # RST|ACK after 40 bytes of payload
+    assert first is not None and rst is not None and rst.rst
+    record(reset, [first, rst])
+    assert reset.payload(rst.leg) == 40
     rule = nflog_rule(TAG, TAG_MASK, NFLOG_GROUP)
     assert rule == (
         "ct mark & 0x80000000 == 0x80000000 tcp flags & (syn | fin | rst) != 0 "
