@@ -35,9 +35,8 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        return (
-            f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
-        )
+        host = str(self.host)  # not an f-string: the address's __format__ is Python code
+        return f"[{host}]:{self.port}" if self.host.version == 6 else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

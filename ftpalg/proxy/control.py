@@ -11,7 +11,10 @@ Events that arrive while a run is going on (a callback fired from inside a write
 the queue. The data actions (open, close, connect, reject) go to the session's data plane
 (`relay_plane.py`: the relay, or the kernel's pinholes), which feeds their outcomes back as
 events; relays run in tasks owned by the host (the gateway), so they outlive the session.
-One timer per session, armed at `Session.next_deadline()`. Reading from a side pauses while
+Consecutive sends to one side leave in one write (lines that arrived together: a `150` and
+its `226`); anything else that is carried out writes them first. One timer per session, at
+or before `Session.next_deadline()`, moved only when that comes earlier (when it fires early,
+it is set again). Reading from a side pauses while
 the other side's transport is full, or while the core holds more than `BACKLOG_LIMIT` bytes
 of that side's lines (waiting for a data dial): back-pressure, never unbounded memory.
 """
@@ -137,6 +140,8 @@ class ControlSession:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
         self._held_back = False  # a side's reading is paused for its backlog
+        self._out_side: Side | None = None  # consecutive sends to this side, not written yet
+        self._out: list[bytes] = []
         self.closed = False
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -173,24 +178,44 @@ class ControlSession:
 
     def _run(self, event: Event) -> None:
         actions = self.core.handle(event, self.loop.time())
-        for index, action in enumerate(actions):
-            if (outcome := self._execute(action)) is not None:
-                # the core answers before the rest of the batch: from here on, a work-list
-                work: deque[Action] = deque(self.core.handle(outcome, self.loop.time()))
-                work.extend(actions[index + 1 :])
-                while work:
-                    if (outcome := self._execute(work.popleft())) is not None:
-                        work.extendleft(reversed(self.core.handle(outcome, self.loop.time())))
-                return
+        try:
+            for index, action in enumerate(actions):
+                if (outcome := self._execute(action)) is not None:
+                    # the core answers before the rest of the batch: from here, a work-list
+                    work: deque[Action] = deque(self.core.handle(outcome, self.loop.time()))
+                    work.extend(actions[index + 1 :])
+                    while work:
+                        if (outcome := self._execute(work.popleft())) is not None:
+                            work.extendleft(reversed(self.core.handle(outcome, self.loop.time())))
+                    return
+        finally:
+            self._flush()
 
     # ---- the one place where actions become I/O -------------------------------------------
 
+    def _flush(self) -> None:
+        """Write what consecutive `Send`s to one side gave, in one write: lines that arrived
+        together (a `150` and its `226`, a multi-line reply) leave together."""
+        side, chunks = self._out_side, self._out
+        if side is None:
+            return
+        self._out_side, self._out = None, []
+        half = self.halves.get(side)
+        if half is not None and (t := half.transport) is not None and not t.is_closing():
+            t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
     def _execute(self, action: Action) -> Event | None:
+        if isinstance(action, Send):
+            if action.side is not self._out_side:
+                self._flush()
+                self._out_side = action.side
+            self._out.append(action.data)
+            return None
+        if isinstance(action, Observation):
+            self.observe(action)  # no I/O on the control connections: no flush needed
+            return None
+        self._flush()  # everything else happens after the sends before it
         match action:
-            case Send(side, data):
-                half = self.halves.get(side)
-                if half is not None and (t := half.transport) is not None and not t.is_closing():
-                    t.write(data)
             case ShutdownWrite(side):
                 half = self.halves.get(side)
                 if half is not None and (transport := half.writable()) is not None:
@@ -200,8 +225,6 @@ class ControlSession:
                         # a reset not noticed yet (reading paused): the stdlib loop's
                         # write_eof raises; close, and connection_lost ends the session
                         transport.close()
-            case Observation():
-                self.observe(action)
             case OpenListener():
                 return self.plane.open(action)
             case CloseListener(listener):
@@ -212,6 +235,8 @@ class ControlSession:
                 self.plane.reject(conn)
             case CloseSession():
                 self._finish()
+            case Send() | Observation():  # handled above
+                pass
             case _:
                 assert_never(action)
         return None
