@@ -21,9 +21,11 @@ loop for up to 16 MiB, 5–6 ms per callback. The bound trades CPU for that wait
 throughput (same MB/s within the noise): in the lab (1 GiB EPSV downloads) the relay used
 0.32 s of CPU per GiB with the old budget, 0.35 at 1 MiB, 0.39 at 512 KiB, 0.45 at 256 KiB,
 0.73 at 64 KiB (more turns of the loop, smaller splices). At 0.39 s/GiB one 512 KiB callback
-is ~0.2 ms of CPU, so a NOOP waits ~0.4 ms behind a transfer in progress, inside the 1 ms the
-control plane may lose to one; 256 KiB would halve that for 15 % more CPU per GiB
-(``bench/relay_bench.py --wakeup-kib``; `python -m bench`, phase ``loaded_latency``).
+is ~0.2 ms of CPU, so a NOOP waits ~0.4 ms of loop time behind a transfer in progress,
+inside the 1 ms the control plane may lose to one; 256 KiB would halve that for 15 % more CPU
+per GiB (``bench/relay_bench.py --wakeup-kib``). End to end (`python -m bench`, phase
+``loaded_latency``) a busy relay process also waits for a CPU like any other: on the shared
+2-vCPU lab machine it sat on the run queue about as long as it ran during a download.
 
 Subtle rules:
 
