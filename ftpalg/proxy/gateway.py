@@ -42,6 +42,7 @@ from ftpalg.proxy.sockets import (
     make_dial_socket,
     set_control_options,
     stream_socket,
+    watch_local_addresses,
 )
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -87,6 +88,7 @@ class Gateway:
         self.accepting = True
 
     async def start(self, listeners: list[socket.socket]) -> None:
+        watch_local_addresses()  # is_local_address: no bind test per session
         for sock in listeners:
             acceptor = Acceptor(self.loop, sock, self.client_connected, self.observe)
             acceptor.start()

@@ -14,7 +14,8 @@ How this works:
   need the capability for nothing (reverse mode runs without it).
 - With source port 0 the socket sets ``IP_BIND_ADDRESS_NO_PORT`` so the port is chosen at
   ``connect()`` from the whole 4-tuple, not reserved exclusively at ``bind()``.
-- ``is_local_address`` is a bind test, done every time (addresses come and go). Caveat: with
+- ``is_local_address`` is a bind test (addresses come and go); the daemon keeps the answers
+  until rtnetlink announces an address change (``watch_local_addresses``). Caveat: with
   ``net.ipv4.ip_nonlocal_bind=1`` (or ``ipv6.ip_nonlocal_bind``) every address binds and so
   counts as local; do not enable it on an ftpalg gateway.
 """
@@ -22,6 +23,7 @@ How this works:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -147,8 +149,60 @@ def endpoint(sockaddr: Any) -> Endpoint:
     return Endpoint(address, int(sockaddr[1]))
 
 
+class _Answers:
+    """Bind-test answers, kept until the kernel announces that an address came or went.
+
+    An rtnetlink socket joined to the address groups receives RTM_NEWADDR/RTM_DELADDR as
+    the change is made (an IPv6 address also when its duplicate detection ends): while its
+    queue is empty nothing changed, and one recv() that finds it empty replaces the three
+    system calls of a bind test. Any message, or lost ones (ENOBUFS), empties the answers.
+    Not announced: the ``ip_nonlocal_bind`` sysctls (see the caveat above)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, _NL_FLAGS, socket.NETLINK_ROUTE)
+        self.sock.bind((0, _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
+        self.known: dict[IPAddress, bool] = {}
+
+    def fresh(self) -> dict[IPAddress, bool]:
+        try:
+            while self.sock.recv(65536):
+                self.known.clear()
+        except BlockingIOError:
+            pass
+        except OSError:  # ENOBUFS: announcements were lost
+            self.known.clear()
+        if len(self.known) > 1024:
+            self.known.clear()
+        return self.known
+
+
+_RTMGRP_IPV4_IFADDR, _RTMGRP_IPV6_IFADDR = 0x10, 0x100
+_NL_FLAGS = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_answers: _Answers | None = None
+
+
+def watch_local_addresses() -> None:
+    """Let `is_local_address` keep its answers until an address changes (the daemon: one
+    network namespace for good). Without it (or when the socket cannot be made), every
+    call is a bind test."""
+    global _answers
+    if _answers is None:
+        with contextlib.suppress(OSError):  # no rtnetlink here: bind tests, as before
+            _answers = _Answers()
+
+
 def is_local_address(addr: IPAddress) -> bool:
     """Whether ``addr`` is assigned to this host (in this network namespace), right now."""
+    if _answers is None:
+        return _binds(addr)
+    known = _answers.fresh()
+    local = known.get(addr)
+    if local is None:
+        local = known[addr] = _binds(addr)
+    return local
+
+
+def _binds(addr: IPAddress) -> bool:
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -184,4 +238,5 @@ __all__ = [
     "make_listener",
     "set_control_options",
     "stream_socket",
+    "watch_local_addresses",
 ]

@@ -176,3 +176,36 @@ def test_transparent_listener_on_non_local_address(netns: str) -> None:
         assert r["listener_transparent"] == 1
         assert r["dial"] == [host, 20]
         assert r["dial_transparent"] == 1
+
+
+WATCH_PROBE = """
+import json, subprocess
+from ipaddress import ip_address
+from ftpalg.proxy import sockets
+from ftpalg.proxy.sockets import is_local_address, watch_local_addresses
+watch_local_addresses()
+seen = []
+for host, extra in (("198.51.100.7", []), ("2001:db8::7", ["nodad"])):
+    addr = ip_address(host)
+    plen = "/128" if addr.version == 6 else "/32"
+    seen.append(is_local_address(addr))  # not yet: the answer is kept ...
+    seen.append(is_local_address(addr))
+    seen.append(sockets._answers.known.get(addr))
+    subprocess.run(["ip", "addr", "add", host + plen, "dev", "lo", *extra], check=True)
+    seen.append(is_local_address(addr))  # ... until the address comes
+    subprocess.run(["ip", "addr", "del", host + plen, "dev", "lo"], check=True)
+    seen.append(is_local_address(addr))  # ... and goes
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.lab
+def test_kept_answers_follow_addresses_that_come_and_go(netns: str) -> None:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", WATCH_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [False, False, False, True, False] * 2
