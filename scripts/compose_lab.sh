@@ -2,11 +2,14 @@
 # The compose labs of docker/ for real on a Debian machine as root (`make compose-lab`, CI):
 # runs `ftpalg lab --containers` with podman + podman-compose, after installing and preparing
 # whatever is missing:
-#   - podman, runc and debootstrap (apt); podman-compose (pip, pinned in
+#   - podman, runc, netavark and debootstrap (apt); podman-compose (pip, pinned in
 #     docker/constraints.txt) in .lab-tools/compose/venv;
 #   - a containers.conf for machines like the development and CI ones (runc: crun fails on
 #     hybrid cgroups; cgroupfs: no systemd; ulimits no higher than this process's: podman's
-#     defaults fail with EPERM without CAP_SYS_RESOURCE) unless CONTAINERS_CONF is set;
+#     defaults fail with EPERM without CAP_SYS_RESOURCE; netavark, not CNI: CNI's portmap
+#     also DNATs the published ports to the gateway's address on the internal network, and
+#     which of the two rules comes first depends on the order podman set the networks up)
+#     unless CONTAINERS_CONF is set;
 #   - the base image localhost/ftpalg-base:bookworm, once per machine (no image registry is
 #     reachable): a Debian bookworm root filesystem made with debootstrap and `podman import`;
 #   - the wheels of ftpalg and its pinned dependencies (pip on the host; the image build
@@ -22,7 +25,7 @@ say() { echo "compose-lab: $* ($(($(date +%s) - t0)) s)" >&2; }
 ./scripts/setup.sh
 
 need=()
-for p in podman runc debootstrap; do
+for p in podman runc netavark aardvark-dns debootstrap; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -50,6 +53,8 @@ if [ -z "${CONTAINERS_CONF:-}" ]; then
   cat >"$tools/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[network]
+network_backend = "netavark"
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -83,8 +88,18 @@ fi
 
 export FTPALG_BASE=$base FTPALG_PIP_SOURCE=wheels
 status=0
+passed=0 failed=0
+count() {  # the table's last line, "ftpalg: 24/24 ok"; a run with no table counts as 1 failed
+  local line
+  line=$(grep -E '^ftpalg: [0-9]+/[0-9]+ ok$' "$1" | tail -1 || true)
+  if [ -z "$line" ]; then failed=$((failed + 1)); return; fi
+  line=${line#ftpalg: }; line=${line% ok}
+  passed=$((passed + ${line%/*})); failed=$((failed + ${line#*/} - ${line%/*}))
+}
 say "ftpalg lab --containers with podman-compose"
-.venv/bin/ftpalg lab --containers --compose podman-compose "$@" || status=$?
+.venv/bin/ftpalg lab --containers --compose podman-compose "$@" | tee "$tools/podman.out" \
+  || status=$?
+count "$tools/podman.out"
 
 # The same compose files with Debian's docker-compose (1.29, which rejects a top-level
 # `name:`), here driving podman through its Docker API: the images built above, both labs
@@ -104,11 +119,14 @@ if [ "${FTPALG_COMPOSE_LAB_DOCKER_COMPOSE:-1}" = 1 ]; then
   for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
   say "ftpalg lab --containers with docker-compose (podman's Docker API)"
   DOCKER_HOST="unix://$sock" .venv/bin/ftpalg lab --containers --compose docker-compose \
-    --no-build "$@" || status=$?
+    --no-build "$@" | tee "$tools/docker-compose.out" || status=$?
+  count "$tools/docker-compose.out"
   kill "$service" 2>/dev/null || true
   wait "$service" 2>/dev/null || true
   trap - EXIT
   rm -f "$sock"
 fi
 say "done, exit $status"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] || [ "$status" -ne 0 ] || status=1
 exit "$status"
