@@ -460,3 +460,17 @@ def test_help_names_the_other_commands(capsys: pytest.CaptureFixture[str]) -> No
         build_config(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "'ftpalg lab'" in out and "'ftpalg cleanup'" in out
+
+
+def test_tls_defaults_follow_the_mode() -> None:
+    """AUTH passes through in transparent mode (as the kernel helper lets FTPS through);
+    reverse mode refuses it unless told otherwise (an encrypted 227 there names the server's
+    private address, which no client can reach)."""
+    from ftpalg.proxy.gateway import core_policy
+
+    assert core_policy(Config()).tls == "passthrough"
+    reverse = build_config(["--upstream", "10.0.0.5"])[0]
+    assert core_policy(reverse).tls == "refuse"
+    assert core_policy(build_config(["--upstream", "10.0.0.5", "--tls", "passthrough"])[0]).tls == (
+        "passthrough"
+    )

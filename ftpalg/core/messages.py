@@ -170,8 +170,19 @@ class ConnectData:
     source: Endpoint
 
 
+@dataclass(frozen=True, slots=True)
+class OpenWindow:
+    """A TLS session's data can no longer be seen (core/tls.py): let new connections from
+    `peer` to `face` on unprivileged ports through for the rest of the session, with the
+    source address `source` (what the server sees the client as)."""
+
+    peer: Address
+    face: Address
+    source: Address
+
+
 # A string: observations.py imports this module (Endpoint, Side).
 Action: TypeAlias = (
     "Send | ShutdownWrite | CloseSession | OpenListener | CloseListener | RejectData"
-    " | ConnectData | Observation"
+    " | ConnectData | OpenWindow | Observation"
 )

@@ -244,6 +244,23 @@ class DataEnded(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsPassthrough(Observation):
+    """The server accepted the client's AUTH (234): the session is TLS from here on, passed
+    through unread (core/tls.py)."""
+
+    EVENT = "tls_passthrough"
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRefused(Observation):
+    """AUTH answered with 534 by ftpalg (tls = refuse), never forwarded."""
+
+    EVENT, LEVEL = "tls_refused", "warning"
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed(Observation):
     EVENT = "session_closed"
     reason: str

@@ -60,6 +60,7 @@ from ftpalg.core.observations import (
 )
 from ftpalg.core.ports import PortChooser, RandomSource
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
+from ftpalg.core.tls import TlsControl
 from ftpalg.core.transfer import CommandNotes
 from ftpalg.core.wire import Malformed, Match, parse_client_line, parse_server_line
 
@@ -84,6 +85,7 @@ class Session:
         self._last_activity = now
         self._next_listener = 1
         self._shutdowns = False  # a ShutdownWrite was output (sends to that side drop)
+        self.tls = TlsControl(policy.tls)  # AUTH: passed through or refused (tls.py)
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -158,6 +160,9 @@ class Session:
         if not data:
             direction.eof_seen = True
             direction.partial_since = None  # the EOF ends the last line: it cannot time out
+        elif self.tls.opaque:  # TLS passed through: bytes, not lines
+            out.append(Send(side.other, data))
+            return
         else:
             direction.queue(data, now)
         self._drain(side, now, out)
@@ -171,6 +176,10 @@ class Session:
             offset, line = direction.take()
             self._line(side, offset, line, out)
         if direction.held or self._blocked(side):
+            return
+        if self.tls.opaque:  # nothing is framed any more: an EOF is all that can be left
+            if direction.eof_seen:
+                self._finish_eof(side, out)
             return
         error = direction.framer.error
         if error is not None and not self.closed:  # after the lines before it, in order
@@ -202,8 +211,12 @@ class Session:
         parsed = parse(line, self.sides[side].v6)
         if parsed is None:
             if side is CLIENT:
+                if self.tls.client_line(line, out):
+                    return
                 self.notes.client_line(line)
             out.append(Send(side.other, line))
+            if side is SERVER and self.tls.accepts(line):
+                self.tls.go_opaque(self.sides, self.faces, out)
         elif isinstance(parsed, Malformed):
             if side is CLIENT:  # never let the server act on an address we did not understand
                 out.append(Send(CLIENT, P.malformed_reply(parsed.kind, parsed.reason)))

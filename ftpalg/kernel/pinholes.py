@@ -17,6 +17,11 @@ How this works. An expectation (docs/core.md) becomes elements in ftpalg's own t
   faces as the relay: the server sees the gateway's outside address, the client sees the
   server's face).
 
+- `win4`/`win6` (set, key peer . face) with `wtag4`/`wtag6` (map, same key : mark): a TLS
+  session's data window (core/tls.py): every new connection from `peer` to `face` on a port
+  of 1024 or above is tagged (and source-NATed by `snat`) for the life of the session — the
+  data connections of a control channel ftpalg cannot read. Not single use.
+
 Value maps are never deleted from the packet path (nft 1.0.6 aborts on packet-path deletes
 from IPv6 maps with 36-byte keys); they time out with the gate or are removed when the
 expectation ends. Every element carries the expectation's lifetime as its timeout, so an
@@ -44,6 +49,46 @@ def tag_of(pinhole_id: int) -> int:
 def id_of(mark: int) -> int | None:
     """The pinhole id carried by a ct mark, or None for a connection no pinhole admitted."""
     return mark & ID_MASK if mark & TAG_BIT else None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    window_id: int  # from the pinhole ids: one tag space
+    peer: Address
+    face: Address
+    source: Address
+    timeout_ms: int
+
+    @property
+    def family(self) -> str:
+        return "4" if self.face.version == 4 else "6"
+
+    @property
+    def key(self) -> tuple[Field, ...]:
+        return (self.peer, self.face)
+
+    @property
+    def tag(self) -> int:
+        return tag_of(self.window_id)
+
+
+def window_ops(w: Window) -> list[ElementOp]:
+    """Elements that open (or refresh: add replaces the timeout) window `w`."""
+    f, t = w.family, w.timeout_ms
+    return [
+        ElementOp.add(f"wtag{f}", w.key, (Mark(w.tag),), timeout_ms=t),
+        ElementOp.add(f"snat{f}", (Mark(w.tag),), (w.source,), timeout_ms=t),
+        ElementOp.add(f"win{f}", w.key, timeout_ms=t),
+    ]
+
+
+def window_close_ops(w: Window) -> list[ElementOp]:
+    f = w.family
+    return [
+        ElementOp.remove(f"win{f}", w.key),
+        ElementOp.remove(f"wtag{f}", w.key),
+        ElementOp.remove(f"snat{f}", (Mark(w.tag),)),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +156,12 @@ def render_sets(version: int) -> list[str]:
         f"\tmap snat{v} {{",
         f"\t\ttype mark : {addr}; flags timeout;",
         "\t}",
+        f"\tset win{v} {{",
+        f"\t\ttype {addr} . {addr}; flags timeout;",
+        "\t}",
+        f"\tmap wtag{v} {{",
+        f"\t\ttype {addr} . {addr} : mark; flags timeout;",
+        "\t}",
     ]
 
 
@@ -119,9 +170,12 @@ def render_gate_rules(version: int) -> list[str]:
     ip = "ip" if version == 4 else "ip6"
     v = str(version)
     key = f"{ip} saddr . {ip} daddr . tcp dport"
+    pair = f"{ip} saddr . {ip} daddr"
     return [
         f"\t\tmeta nfproto ipv{v} tcp flags & (syn | ack) == syn ct state new {key} @gate{v}"
         f" ct mark set {key} map @tag{v} delete @gate{v} {{ {key} }} accept",
+        f"\t\tmeta nfproto ipv{v} tcp flags & (syn | ack) == syn ct state new"
+        f" tcp dport >= 1024 {pair} @win{v} ct mark set {pair} map @wtag{v} accept",
     ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -106,10 +107,28 @@ def vsftpd_path() -> str:
     return path
 
 
+def self_signed(work: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for a lab FTPS server (openssl, one day)."""
+    cert, key = work / "cert.pem", work / "key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    argv += ["-subj", "/CN=ftpalg-lab", "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(argv, capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ServerUnavailable(f"cannot make a certificate with openssl: {exc}") from exc
+    return cert, key
+
+
 def start_vsftpd(
-    lab: Lab, address: IPAddress | None = None, port: int = 21, ready_timeout: float = 10.0
+    lab: Lab,
+    address: IPAddress | None = None,
+    port: int = 21,
+    ready_timeout: float = 10.0,
+    tls: bool = False,
 ) -> FtpServer:
-    """vsftpd, anonymous only (any password): download from root, upload into upload/."""
+    """vsftpd, anonymous only (any password): download from root, upload into upload/.
+    `tls`: explicit FTPS required for logins and data (AUTH TLS, PROT P), with vsftpd's
+    default require_ssl_reuse (a data connection must resume the control one's session)."""
     binary = vsftpd_path()
     need_ftp_user()
     address = address or lab.addresses.server_v4
@@ -154,6 +173,19 @@ def start_vsftpd(
         "hide_ids=NO",
         "use_localtime=NO",
     ]
+    if tls:
+        cert, key = self_signed(work)
+        conf += [
+            "ssl_enable=YES",
+            "allow_anon_ssl=YES",
+            "force_anon_logins_ssl=YES",
+            "force_anon_data_ssl=YES",
+            "ssl_tlsv1=YES",  # vsftpd 3.0.3: any TLS version (OpenSSL negotiates 1.2+)
+            "ssl_sslv2=NO",
+            "ssl_sslv3=NO",
+            f"rsa_cert_file={cert}",
+            f"rsa_private_key_file={key}",
+        ]
     conf_path = work / "vsftpd.conf"
     conf_path.write_text("\n".join(conf) + "\n")
     info = dict(
@@ -241,6 +273,7 @@ def start_pure_ftpd(
 SERVERS: dict[str, Callable[..., FtpServer]] = {
     "pyftpdlib": start_pyftpdlib,
     "vsftpd": start_vsftpd,
+    "vsftpd-tls": lambda lab, address, port: start_vsftpd(lab, address, port, tls=True),
     "pure-ftpd": start_pure_ftpd,
 }
 

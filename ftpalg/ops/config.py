@@ -63,6 +63,8 @@ DataPlaneMode = Literal["relay", "kernel", "auto"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 DATA_PLANES: tuple[DataPlaneMode, ...] = ("relay", "kernel", "auto")
+TlsMode = Literal["auto", "passthrough", "refuse"]
+TLS_MODES: tuple[TlsMode, ...] = ("auto", "passthrough", "refuse")
 MIN_LINE, MAX_LINE = 512, 65536
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 FTP_PORT = 21
@@ -84,6 +86,7 @@ class Config:
     allow_low_data_ports: bool = False
     data_ports: tuple[int, int] = (40000, 60999)  # inclusive
     announce_address: tuple[IPv4Address | IPv6Address, ...] = ()  # reverse mode, 227
+    tls: TlsMode = "auto"  # AUTH: auto = passthrough in transparent, refuse in reverse mode
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
@@ -149,6 +152,7 @@ _SPECS: dict[str, _Spec] = {
     "grace_period": _Spec(_NUMBER, seconds(zero_ok=True)),
     "source_transparent": _BOOL,
     "data_plane": _Spec(str_then(choice(DATA_PLANES)), choice(DATA_PLANES)),
+    "tls": _Spec(str_then(choice(TLS_MODES)), choice(TLS_MODES)),
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
     "kernel_setup": _BOOL,
@@ -341,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DATA_PLANES,
         help="who carries data connections: auto (default: the kernel where it can, else "
         "the relay), kernel (nftables pinholes; needs the kernel set-up), relay (ftpalg)",
+    )
+    add(
+        "--tls",
+        choices=TLS_MODES,
+        help="what an FTPS client's AUTH gets: passthrough (forwarded; after the server's 234 "
+        "the session is relayed unread), refuse (534), or auto (default: passthrough in "
+        "transparent mode, refuse in reverse mode)",
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")

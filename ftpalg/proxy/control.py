@@ -35,6 +35,7 @@ from ftpalg.core.messages import (
     DataReceived,
     Event,
     OpenListener,
+    OpenWindow,
     RejectData,
     Send,
     ShutdownWrite,
@@ -233,6 +234,9 @@ class ControlSession:
                 self.plane.connect(action)
             case RejectData(conn):
                 self.plane.reject(conn)
+            case OpenWindow():
+                why_not = self.plane.open_window(action)
+                self.observe.log.info("tls_data_window", opened=why_not is None, reason=why_not)
             case CloseSession():
                 self._finish()
             case Send() | Observation():  # handled above

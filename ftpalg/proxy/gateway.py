@@ -48,6 +48,14 @@ from ftpalg.proxy.sockets import (
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 
+def tls_mode(config: Config) -> str:
+    """`auto`: FTPS passes through in transparent mode (as the kernel helper lets it); in
+    reverse mode an encrypted 227 would name the server's private address: refuse."""
+    if config.tls != "auto":
+        return config.tls
+    return "passthrough" if config.transparent else "refuse"
+
+
 def core_policy(config: Config) -> P.CorePolicy:
     return P.CorePolicy(
         loose=config.loose,
@@ -59,6 +67,7 @@ def core_policy(config: Config) -> P.CorePolicy:
         max_line=config.max_line,
         strict_data_ports=not config.transparent,
         announce=config.announce_address,
+        tls=tls_mode(config),
     )
 
 
@@ -112,8 +121,9 @@ class Gateway:
         ):
             return "relay", None
         timeout_ms = int(self.policy.expect_timeout * 1000)
+        life = self.policy.idle_timeout  # a TLS data window: refreshed while the session lives
         return "kernel", lambda control: KernelPlane(
-            data, control.handle, self.next_conn_id, timeout_ms
+            data, control.handle, self.next_conn_id, timeout_ms, life
         )
 
     def reconfigure(self, config: Config) -> None:

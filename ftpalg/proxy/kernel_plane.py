@@ -41,6 +41,7 @@ from ftpalg.core.messages import (
     ListenerFailed,
     ListenerOpened,
     OpenListener,
+    OpenWindow,
 )
 from ftpalg.kernel.conntrack import ConntrackOverflow, ConntrackWatcher
 from ftpalg.kernel.conntrack_nflog import SegmentLog, SegmentsLost, record
@@ -52,6 +53,7 @@ from ftpalg.kernel.pinholes import NFLOG_GROUP, TAG_BIT, Pinhole, close_ops, id_
 from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.sockets import is_local_address
+from ftpalg.proxy.tls_window import KernelWindows
 
 
 @dataclass(slots=True)
@@ -231,11 +233,14 @@ class KernelPlane:
         feed: Callable[[Event], None],
         next_conn_id: Callable[[], int],
         timeout_ms: int,
+        window_life: float = 900.0,
     ) -> None:
         self.data = data
         self.feed = feed
         self.host_conn_id = next_conn_id
         self.timeout_ms = timeout_ms
+        self.window_life = window_life  # a TLS session's data window (tls_window.py)
+        self._windows: KernelWindows | None = None
         self._open: dict[int, int] = {}  # listener -> pinhole id
 
     def open(self, action: OpenListener) -> ListenerOpened | ListenerFailed:
@@ -278,9 +283,20 @@ class KernelPlane:
             if run.plane is self and run.conn == conn:
                 del self.data.running[ct_id]
 
+    def open_window(self, action: OpenWindow) -> str | None:
+        if self._windows is None:
+            assert self.data.loop is not None, "KernelData.start() first"
+            window_id = self.data.next_id()
+            self._windows = KernelWindows(
+                self.data.elements, self.data.loop, window_id, self.window_life
+            )
+        return self._windows.open(action)
+
     def finish(self) -> None:
         for listener in list(self._open):
             self.close(listener)
+        if self._windows is not None:
+            self._windows.close()
 
 
 def _hold(face: Endpoint) -> socket.socket:

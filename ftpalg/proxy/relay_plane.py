@@ -30,6 +30,7 @@ from ftpalg.core.messages import (
     ListenerFailed,
     ListenerOpened,
     OpenListener,
+    OpenWindow,
 )
 from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
@@ -61,6 +62,10 @@ class DataPlane(Protocol):
     def connect(self, action: ConnectData) -> None: ...
 
     def reject(self, conn: int) -> None: ...
+
+    def open_window(self, action: OpenWindow) -> str | None:
+        """A TLS session's data window (core/tls.py): None when open, else why not."""
+        ...
 
     def finish(self) -> None: ...
 
@@ -102,6 +107,11 @@ class RelayPlane:
         sock = self._accepted.pop(conn, None)
         if sock is not None:
             sock.close()
+
+    def open_window(self, action: OpenWindow) -> str | None:
+        """The relay cannot follow data it cannot see: passive FTPS data then goes wherever
+        the gateway's own forwarding lets it (as with the kernel helper)."""
+        return "the relay data plane has no window: the gateway's forwarding rules decide"
 
     def finish(self) -> None:
         for listener in list(self._listeners):

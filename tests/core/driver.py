@@ -57,6 +57,7 @@ class Setup:
     port_tries: int = 3
     auto_bind: bool = False  # bind every listener at once on the port asked for
     seed: int = 0
+    tls: str = "passthrough"  # or "refuse": what AUTH gets
     strict_data_ports: bool = False  # reverse mode's range-only listeners
     announce: bool = False  # reverse mode's 227 address behind a DNAT (both IP versions)
 
@@ -71,6 +72,7 @@ class Setup:
             max_line=self.max_line,
             port_tries=self.port_tries,
             strict_data_ports=self.strict_data_ports,
+            tls=self.tls,
             announce=ANNOUNCE if self.announce else (),
         )
 
@@ -266,6 +268,8 @@ CLIENT_LINES = (
     b"\n",
     b"QUIT\r\n",
     b"SITE " + b"x" * 70 + b"\r\n",  # longer than a 64-byte limit
+    b"AUTH TLS\r\n",
+    b"\x16\x03\x01\x00\x05hello",  # a TLS record: binary, NUL, no line end
 )
 SERVER_LINES = (
     b"220 ready\r\n",
@@ -282,4 +286,6 @@ SERVER_LINES = (
     b"229 (|||6446|)",  # unterminated
     b"421 bye\r\n",
     b"\r\n",
+    b"234 AUTH TLS OK.\r\n",
+    b"\x16\x03\x03\x00\x02\x00\x00",  # a TLS record from the server
 )

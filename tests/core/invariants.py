@@ -61,6 +61,7 @@ from ftpalg.core.messages import (
     ListenerFailed,
     ListenerOpened,
     OpenListener,
+    OpenWindow,
     RejectData,
     Send,
     ShutdownWrite,
@@ -85,10 +86,13 @@ from ftpalg.core.observations import (
     RewriteImpossible,
     Rewritten,
     SessionClosed,
+    TlsPassthrough,
+    TlsRefused,
     UnterminatedAddressLineDropped,
 )
 from ftpalg.core.policy import CorePolicy
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
+from ftpalg.core.tls import REFUSED, is_auth
 from ftpalg.core.wire import Address, Kind, Malformed, Match, parse_client_line, parse_server_line
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
@@ -215,6 +219,8 @@ class Checker:
         self.running: dict[int, DataMode] = {}  # accepted, not finished
         self.dialing: dict[int, Side] = {}  # conn -> the side whose lines wait for the dial
         self.last_activity = now
+        self.auth: bytes | None = None  # the AUTH line forwarded (tls passthrough)
+        self.opaque = False  # after the server's 234: bytes pass through unread
         self.seen: Counter[str] = Counter()  # what happened, for generator coverage
         self.steps = 0
         # raw-action state (independent of the model)
@@ -292,7 +298,7 @@ class Checker:
                 if action.side in self._raw_shut:
                     self._fail("SHUT", f"{action!r} after ShutdownWrite({action.side})", i)
                 own_reply = isinstance(event, CloseRequested) and action.data == event.reply
-                if b"\0" in action.data and not own_reply:
+                if b"\0" in action.data and not own_reply and self.auth is None:
                     self._fail("NUL", f"{action!r} carries a NUL byte", i)
             if self._raw_closed and not self._late_ok(event, action):
                 self._fail("CLOSED", f"{action!r} after CloseSession", i)
@@ -403,6 +409,10 @@ class Checker:
         if self.closed or m.eof_seen:
             return  # ignored: nothing may happen
         self.last_activity = self._now
+        if data and self.opaque:  # TLS: the bytes as they came, at once
+            self.seen["opaque_bytes"] += 1
+            self._send(side.other, data, "LOSS", "the TLS bytes passed through", m)
+            return
         if data:
             m.feed(data, self._now)
         else:
@@ -418,7 +428,7 @@ class Checker:
             self._line(m, line)
         if m.held or self._blocked(side) or self.closed:
             return
-        if m.error is not None:
+        if m.error is not None and not self.opaque:
             self.seen["framing_error"] += 1
             self._send(CLIENT, P.framing_error(m.error), "REPLY", "the framing error reply")
             self._observe(ProtocolViolation(side, m.error))
@@ -439,8 +449,17 @@ class Checker:
 
     def _line(self, m: _SideModel, line: bytes) -> None:
         parsed = parse(m.side, line, m.v6)
+        if parsed is None and m.side is CLIENT and is_auth(line):
+            if self.policy.tls == "refuse":
+                self.seen["tls_refused"] += 1
+                self._send(CLIENT, REFUSED, "REPLY", "the 534 for AUTH")
+                self._observe(TlsRefused(line))
+                return
+            self.auth = line
         if parsed is None:
             self._send(m.side.other, line, "LOSS", "the forwarded line", m)
+            if m.side is SERVER and self.auth is not None and line[:4] == b"234 ":
+                self._go_opaque()
         elif isinstance(parsed, Malformed):
             self.seen["malformed"] += 1
             if m.side is CLIENT:
@@ -452,6 +471,25 @@ class Checker:
                 self._observe(MalformedReplyForwarded(parsed.kind, parsed.reason, line))
         else:
             self._address_line(m, line, parsed)
+
+    def _go_opaque(self) -> None:
+        """After the 234 answering AUTH: what each side holds is passed on raw, in order,
+        then the window for the data ftpalg can no longer see."""
+        assert self.auth is not None
+        self.opaque = True
+        self.seen["tls_passthrough"] += 1
+        self._observe(TlsPassthrough(self.auth))
+        f = self.faces
+        window = OpenWindow(f.client.host, f.server_face.host, f.client_face.host)
+        self._expect(window, "DATA", "the TLS data window")
+        for side, m in self.sides.items():
+            rest = b"".join(m.held) + bytes(m.buf)
+            m.handled += list(m.held)
+            m.held.clear()
+            m.buf = bytearray()
+            m.partial_since = None
+            if rest:
+                self._send(side.other, rest, "LOSS", "the bytes behind the 234, raw", m)
 
     def _address_line(self, m: _SideModel, line: bytes, match: Match) -> None:
         f, pol = self.faces, self.policy

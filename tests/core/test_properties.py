@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from ftpalg.core.messages import Action, Side
+from ftpalg.core.messages import Action, Send, Side
 from tests.core.driver import (
     CLIENT_LINES,
     SERVER_LINES,
@@ -37,6 +37,7 @@ SETUPS = st.builds(
     seed=st.integers(0, 3),
     strict_data_ports=st.booleans(),
     announce=st.booleans(),
+    tls=st.sampled_from(["passthrough", "refuse"]),
 )
 DELTAS = st.sampled_from([0.0, 0.5, 5.0, 19.9, 20.0, 29.0, 30.0, 60.0, 99.0, 100.0, 250.0])
 BIND = st.builds(Bind, st.integers(0, 3), st.sampled_from([None, None, 50002, 1025]))
@@ -82,9 +83,14 @@ EXCHANGE = st.builds(
 
 
 @st.composite
-def runs(draw: st.DrawFn) -> tuple[Setup, list[Op]]:
-    """Both sides' streams cut into chunks anywhere, interleaved with the other events."""
+def runs(draw: st.DrawFn, tls: bool = False) -> tuple[Setup, list[Op]]:
+    """Both sides' streams cut into chunks anywhere, interleaved with the other events;
+    `tls`: somewhere in them the client sends AUTH and, after it, the server a 234."""
     streams = {side: bytearray(draw(stream(side))) for side in Side}
+    if tls:
+        for side, line in ((CLIENT, b"AUTH TLS\r\n"), (SERVER, b"234 go ahead\r\n")):
+            at = draw(st.integers(0, len(streams[side])))
+            streams[side][at:at] = line
     ops: list[Op] = []
     for _ in range(draw(st.integers(0, 40))):
         side = draw(st.sampled_from([CLIENT, SERVER]))
@@ -101,6 +107,17 @@ def runs(draw: st.DrawFn) -> tuple[Setup, list[Op]]:
     return draw(SETUPS), ops
 
 
+@settings(max_examples=300, deadline=None)
+@given(runs(tls=True))
+def test_generated_tls_runs_keep_every_invariant(setup_and_ops: tuple[Setup, list[Op]]) -> None:
+    """AUTH and a 234 at random places, cut anywhere, among every other event: the switch to
+    TLS pass-through (or the 534 under `refuse`) keeps every invariant."""
+    setup, ops = setup_and_ops
+    r = run(setup, ops)
+    for situation in sorted(r.checker.seen):
+        event(situation)
+
+
 @settings(max_examples=400, deadline=None)
 @given(runs())
 def test_generated_runs_keep_every_invariant(setup_and_ops: tuple[Setup, list[Op]]) -> None:
@@ -111,11 +128,20 @@ def test_generated_runs_keep_every_invariant(setup_and_ops: tuple[Setup, list[Op
 
 
 def feed_all(setup: Setup, chunks: list[tuple[Side, bytes]]) -> list[Action]:
+    """Every action of the run; consecutive sends to one side merged (what the wire sees:
+    after a TLS switch bytes are passed on as they come, so chunking moves the cuts)."""
     r = Run(setup)
     for side, data in chunks:
         if data:  # b"" would be an EOF
             r.op(Feed(side, data))
-    return [action for _, _, actions in r.trace for action in actions]
+    merged: list[Action] = []
+    for action in (action for _, _, actions in r.trace for action in actions):
+        last = merged[-1] if merged else None
+        if isinstance(action, Send) and isinstance(last, Send) and last.side is action.side:
+            merged[-1] = Send(action.side, last.data + action.data)
+        else:
+            merged.append(action)
+    return merged
 
 
 @settings(max_examples=300, deadline=None)

@@ -181,7 +181,7 @@ def test_sighup_reloads_policy_for_new_sessions_only(ftp_server: int, tmp_path: 
         assert reloaded["needs_restart"] == ["tproxy_mark"]
         assert xferlog.exists()
         new = login(alg)
-        third_party = "PORT 10,0,0,1,18,67"
+        third_party = "PORT 127,0,0,3,18,67"  # refuses at once: the dial ends quickly
         assert new.sendcmd(third_party).startswith("200")  # loose: trusted, rewritten
         with pytest.raises(ftplib.error_perm, match="is not your address"):
             old.sendcmd(third_party)  # the running session keeps its strict policy
