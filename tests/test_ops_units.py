@@ -21,10 +21,12 @@ from ftpalg.core.observations import (
     Refusal,
     Rewritten,
     SessionClosed,
+    TlsPassthrough,
+    TlsRefused,
 )
 from ftpalg.core.policy import OUT_OF_RESOURCES, TOO_MANY_SESSIONS
 from ftpalg.core.wire import Kind
-from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused
+from ftpalg.ops.events import Failed, Fault, KernelState, SessionOpened, SessionRefused
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.metrics import Metrics
 from ftpalg.ops.observer import Observer
@@ -127,6 +129,27 @@ def test_metrics_from_observations() -> None:
     assert sample(m, "ftpalg_seq_offset_bytes_sum") == 7
     assert sample(m, "ftpalg_upstream_connect_seconds_sum") == 0.0015
     assert b'ftpalg_data_bytes_total{direction="to_server"} 77.0' in m.exposition()
+
+
+def test_metrics_of_tls_and_kernel_state() -> None:
+    m = Metrics("transparent")
+    for obs in (
+        TlsPassthrough(b"AUTH TLS\r\n"),
+        TlsPassthrough(b"AUTH SSL\r\n"),
+        TlsRefused(b"AUTH TLS\r\n"),
+        KernelState(present=True),
+    ):
+        m.observe(obs)
+    assert sample(m, "ftpalg_tls_sessions_total", outcome="passthrough") == 2
+    assert sample(m, "ftpalg_tls_sessions_total", outcome="refused") == 1
+    assert sample(m, "ftpalg_kernel_rules_present") == 1
+    m.observe(KernelState(present=False))
+    assert sample(m, "ftpalg_kernel_rules_present") == 0
+    m.observe(KernelState(present=True, restored=True, pinholes=2))
+    assert sample(m, "ftpalg_kernel_rules_present") == 1
+    assert sample(m, "ftpalg_kernel_rules_restored_total") == 1
+    events = [o.event for o in (KernelState(True), KernelState(False), KernelState(True, True))]
+    assert events == ["kernel_state_installed", "kernel_state_missing", "kernel_state_restored"]
 
 
 def test_observer_feeds_every_sink_whatever_the_level_and_survives_a_broken_one() -> None:

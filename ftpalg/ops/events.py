@@ -101,3 +101,28 @@ class Reloaded(Observation):
         if not self.ok:
             return {"error": self.error}
         return {"changed": list(self.changed), "needs_restart": list(self.needs_restart)}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState(Observation):
+    """ftpalg's kernel state (its table, its policy routing): installed at start, found
+    missing (`nft flush ruleset`, a deleted rule), or put back (proxy/kernel_guard.py)."""
+
+    present: bool
+    restored: bool = False
+    pinholes: int = 0  # open expectations' pinholes put back with it
+
+    @property
+    def event(self) -> str:
+        if not self.present:
+            return "kernel_state_missing"
+        return "kernel_state_restored" if self.restored else "kernel_state_installed"
+
+    @property
+    def level(self) -> str:
+        return "info" if self.present else "warning"
+
+    def fields(self) -> dict[str, Any]:
+        if not self.present:
+            return {"action": "reinstalling"}
+        return {"pinholes": self.pinholes} if self.restored else {}

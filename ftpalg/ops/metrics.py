@@ -55,12 +55,15 @@ from ftpalg.core.observations import (
     RewriteImpossible,
     Rewritten,
     SessionClosed,
+    TlsPassthrough,
+    TlsRefused,
     UnterminatedAddressLineDropped,
 )
 from ftpalg.core.wire import Kind
 from ftpalg.ops.events import (
     Failed,
     Fault,
+    KernelState,
     Reloaded,
     SessionOpened,
     SessionRefused,
@@ -135,6 +138,13 @@ class Metrics:
         self.violations = counter("protocol_violations", "Framing errors (session closed)", "side")
         self.errors = counter("errors", "Internal, accept and xferlog errors", "what")
         self.reloads = counter("config_reloads", "SIGHUP reloads", "result")
+        self.tls = counter("tls_sessions", "Sessions whose client sent AUTH, by outcome", "outcome")
+        self.kernel_present = gauge(
+            "kernel_rules_present", "1 while ftpalg's table and routing are installed"
+        )
+        self.kernel_restores = counter(
+            "kernel_rules_restored", "Times ftpalg re-installed its deleted kernel state"
+        )
         every_label: list[tuple[tuple[str, ...], Counter | Gauge]] = [
             (MODES, self.sessions_active),
             (MODES, self.sessions),
@@ -146,6 +156,7 @@ class Metrics:
             (tuple(s.value for s in Side), self.violations),
             (tuple(sorted(set(_FAULT_LABELS.values()))), self.errors),
             (("ok", "failed"), self.reloads),
+            (("passthrough", "refused"), self.tls),
         ]
         for labels, metric in every_label:
             for label in labels:
@@ -203,6 +214,14 @@ class Metrics:
                 self.errors.labels(_FAULT_LABELS[obs.what]).inc()
             case Reloaded():
                 self.reloads.labels("ok" if obs.ok else "failed").inc()
+            case TlsPassthrough():
+                self.tls.labels("passthrough").inc()
+            case TlsRefused():
+                self.tls.labels("refused").inc()
+            case KernelState():
+                self.kernel_present.set(1 if obs.present else 0)
+                if obs.restored:
+                    self.kernel_restores.inc()
 
     @staticmethod
     def _series(known: dict[str, Any], metric: Counter | Gauge, mode: str) -> Any:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from ftpalg.kernel import KernelSetup, KernelSetupError
 from ftpalg.kernel.watchdog import KernelWatch
+from ftpalg.ops.events import KernelState
 from ftpalg.ops.observer import Observer
 
 RETRY_S = 5.0
@@ -45,6 +46,7 @@ class KernelGuard:
     def start(self) -> None:
         for fd in self.watch.filenos():
             self.loop.add_reader(fd, self._on_notice)
+        self.observe(KernelState(present=True))
 
     def close(self) -> None:
         for fd in self.watch.filenos():
@@ -61,7 +63,7 @@ class KernelGuard:
             return
         if hit and self._task is None:
             self.present = False
-            self.observe.log.warning("kernel_state_missing", action="reinstalling")
+            self.observe(KernelState(present=False))
             self._task = self.loop.create_task(self._restore())
 
     async def _restore(self) -> None:
@@ -77,6 +79,6 @@ class KernelGuard:
             pinholes = self.reopen() if self.reopen is not None else 0
             self.present = True
             self.restores += 1
-            self.observe.log.info("kernel_state_restored", pinholes=pinholes)
+            self.observe(KernelState(present=True, restored=True, pinholes=pinholes))
         finally:
             self._task = None
