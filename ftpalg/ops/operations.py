@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import pwd
 import signal
 import socket
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from ftpalg.ops.events import Failed, Reloaded
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.metrics import Metrics, MetricsServer
 from ftpalg.ops.observer import Observer
-from ftpalg.ops.privileges import drop_privileges
+from ftpalg.ops.privileges import PrivilegeError, drop_privileges
 from ftpalg.ops.reload import plan_reload
 from ftpalg.ops.xferlog import XferLog
 
@@ -79,12 +81,28 @@ class Operations:
         if self.config.user is not None:
             for name in _PRELOAD:
                 importlib.import_module(name)
+            self._hand_over_xferlog(self.config.user)
             drop_privileges(self.config.user)
             self.log.info(
                 "privileges_dropped",
                 user=self.config.user,
                 capabilities=["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"],
             )
+
+    def _hand_over_xferlog(self, user: str) -> None:
+        """The xferlog (opened as root) becomes the user's, so that SIGHUP can reopen it
+        after privileges are gone. Rotation that creates a new file also needs a directory
+        the user may write (systemd's LogsDirectory= gives exactly that)."""
+        path = self.config.xferlog
+        if path is None:
+            return
+        entry = pwd.getpwnam(user)
+        try:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        except OSError as exc:
+            raise PrivilegeError(
+                f"xferlog {path}: cannot hand it to {user}: {exc.strerror}"
+            ) from None
 
     async def start(self, gateway: Any) -> None:
         """Before ``gateway.start()`` (a gateway made with `observe`): serve metrics, handle

@@ -4,8 +4,11 @@ Prometheus metrics and xferlog, and removes its kernel state at exit as that use
 
 from __future__ import annotations
 
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ftpalg.lab.alg import start_ftpalg
 from ftpalg.lab.clients import run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
-from ftpalg.lab.netns import Lab
+from ftpalg.lab.netns import Lab, wait_until
 from ftpalg.lab.servers import make_file, sha256_file
 from ftpalg.ops.privileges import KEEP_MASK, proc_status
 from tests.lab.conftest import ServerPool, start_lab
@@ -47,7 +50,13 @@ def test_unprivileged_gateway_counts_transfers_and_cleans_up(tmp_path: Path) -> 
     lab = start_lab()
     try:
         apply_closed_gateway(lab)
-        xferlog = tmp_path / "xferlog"
+        base = Path(tempfile.mkdtemp(prefix=f"{lab.id}-ops-"))  # nobody may traverse it
+        lab.on_close(lambda: shutil.rmtree(base, ignore_errors=True))
+        base.chmod(0o755)
+        logdir = base / "log"
+        logdir.mkdir()
+        logdir.chmod(0o777)  # like systemd's LogsDirectory=: the user may create files
+        xferlog = logdir / "xferlog"
         ops = ["--user", "nobody", "--metrics", "127.0.0.1:9121", "--xferlog", str(xferlog)]
         alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", *ops])
         assert alg.named("privileges_dropped")
@@ -87,6 +96,19 @@ def test_unprivileged_gateway_counts_transfers_and_cleans_up(tmp_path: Path) -> 
         assert moved(before, after, "ftpalg_data_connections_total", mode="active") == 1
         assert moved(before, after, "ftpalg_sessions_total", mode="transparent") == 2
         assert moved(before, after, "ftpalg_relay_errors_total") == 0
+        # SIGHUP as nobody: the xferlog (opened as root) is reopened, then rotated
+        for rotate in (False, True):
+            if rotate:
+                xferlog.rename(logdir / "xferlog.1")
+            mark = alg.mark()
+            alg.proc.send_signal(signal.SIGHUP)
+            assert wait_until(lambda m=mark: bool(alg.named("reloaded", since=m)), 10)
+            assert not alg.named("xferlog_open_failed", since=mark), alg.tail()
+        result = run_transfer(lab, "curl-pasv", srv.target, "ops.bin", tmp_path / "again.bin")
+        assert result.ok and result.sha256 == digest, result.detail
+        assert wait_until(lambda: xferlog.exists() and "ops.bin" in xferlog.read_text(), 10)
+        xferlog.rename(logdir / "xferlog.2")  # the checks below read the first file
+        (logdir / "xferlog.1").rename(xferlog)
         assert alg.stop() == 0  # teardown runs as nobody with CAP_NET_ADMIN
         assert not alg.named("kernel_teardown_failed"), alg.tail()
         assert lab.run("gw", ["nft", "list", "table", "inet", "ftpalg"]).returncode != 0
