@@ -10,7 +10,10 @@ running sessions keep the `CorePolicy` they started with (a core `Session` holds
 A file that does not load or check is reported in one line and nothing changes.
 
 `runtime_check` adds what only the machine can tell (does ``user`` exist, is there a
-directory for ``xferlog``) to the checks of ``ftpalg.ops.config``.
+directory for ``xferlog``) to the checks of ``ftpalg.ops.config``; ``--check-config`` also
+runs `start_check` (is ``nft`` installed when the kernel set-up needs it, does the upstream
+name resolve) and names the file's keys that flags override (a unit's ExecStart flags win
+over /etc/ftpalg/ftpalg.toml).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import shutil
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ftpalg.ops.config import Config, ConfigError, build_config
+from ftpalg.ops.config import Config, ConfigError, build_config, build_parser, load_toml
 
 RESTART_ONLY = (
     "listen",
@@ -67,13 +72,42 @@ def plan_reload(current: Config, argv: Sequence[str]) -> Reload:
     return Reload(config, changed, kept)
 
 
+def start_check(config: Config) -> None:
+    """What starting would need beyond the config itself: `nft` for the kernel set-up it
+    must make, and an upstream name that resolves. Raises ConfigError (one line)."""
+    needs_nft = config.kernel_setup and (config.transparent or config.data_plane == "kernel")
+    if needs_nft and shutil.which("nft") is None:
+        raise ConfigError("nft: not installed (the kernel set-up needs nftables' nft)")
+    if config.upstream is not None:
+        try:
+            socket.getaddrinfo(config.upstream.host, config.upstream.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError(
+                f"upstream: cannot resolve {config.upstream.host!r} ({why})", key="upstream"
+            ) from None
+
+
+def overridden(argv: Sequence[str], config_file: str | None) -> list[str]:
+    """Keys the file sets that flags on this command line override."""
+    if config_file is None:
+        return []
+    args = build_parser().parse_args(list(argv))
+    return [key for key in load_toml(config_file) if getattr(args, key, None) is not None]
+
+
 def check_config(argv: Sequence[str]) -> tuple[int, str]:
     """``ftpalg --check-config``: (exit status, one line)."""
     try:
         config, args = build_config(argv)
         runtime_check(config)
+        start_check(config)
     except ConfigError as exc:
         return 2, f"ftpalg: {exc}"
     source = f"config {args.config}" if args.config else "built-in defaults and flags"
     mode = f"reverse to {config.upstream}" if config.upstream else "transparent"
-    return 0, f"ftpalg: {source}: OK ({mode}, listen {', '.join(map(str, config.listen))})"
+    line = f"ftpalg: {source}: OK ({mode}, listen {', '.join(map(str, config.listen))})"
+    keys = overridden(argv, args.config)
+    if keys:
+        line += f"; flags override the file's {', '.join(keys)}"
+    return 0, line

@@ -252,3 +252,30 @@ def test_check_config(tmp_path: Path) -> None:
     assert (run.returncode, run.stderr) == (2, "ftpalg: user: no such user 'no-such-user-ftpalg'\n")
     run = check("--xferlog", str(tmp_path / "missing" / "x.log"))
     assert run.returncode == 2 and "xferlog: no directory" in run.stderr
+
+
+def test_check_config_names_overrides_and_what_starting_needs(tmp_path: Path) -> None:
+    """The unit's ExecStart flags win over the file: --check-config says which keys; it
+    also fails when the upstream name does not resolve, or `nft` is missing for the kernel
+    set-up transparent mode makes."""
+    conf = tmp_path / "ftpalg.toml"
+    conf.write_text('loose = true\nidle_timeout = 60\nxferlog = "/tmp/x.log"\n')
+    run = check("--config", str(conf), "--idle-timeout", "30", "--strict")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip().endswith("; flags override the file's loose, idle_timeout"), run
+    run = check("--upstream", "no-such-host.invalid")
+    assert run.returncode == 2 and run.stderr.startswith(
+        "ftpalg: upstream: cannot resolve 'no-such-host.invalid'"
+    ), run.stderr
+    no_nft = subprocess.run(
+        [sys.executable, "-m", "ftpalg", "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=os.environ | {"PATH": str(Path(sys.executable).parent)},  # python, no nft
+    )
+    assert no_nft.returncode == 2, no_nft
+    assert no_nft.stderr == "ftpalg: nft: not installed (the kernel set-up needs nftables' nft)\n"
+    reverse = check("--upstream", "127.0.0.1")  # reverse mode with auto: no nft needed
+    assert reverse.returncode == 0, reverse.stderr
