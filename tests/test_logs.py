@@ -222,6 +222,16 @@ def test_console_format_is_plain_text() -> None:
     assert "\x1b" not in line
 
 
+def test_console_format_keeps_the_events_field_order() -> None:
+    """A rewrite reads before= then after=, as the event has them (not sorted by name)."""
+    out = io.StringIO()
+    configure("console", "info", out)
+    get_logger(session="s3").info("rewrite", kind="227", before="x", after="y", listen="z")
+    line = out.getvalue()
+    order = [line.index(k) for k in ("session=", "kind=", "before=", "after=", "listen=")]
+    assert order == sorted(order), line
+
+
 def test_defaults_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     configure("json", "info")
     get_logger().info("hello")

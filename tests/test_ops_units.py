@@ -131,6 +131,20 @@ def test_metrics_from_observations() -> None:
     assert b'ftpalg_data_bytes_total{direction="to_server"} 77.0' in m.exposition()
 
 
+def test_an_unchanged_announcement_is_no_rewrite() -> None:
+    """A transparent-mode 229 (or a 227 naming the server's own address) arms an
+    expectation but is not rewritten: logged as announce_unchanged, not counted."""
+    m = Metrics("transparent")
+    listen = Endpoint(ip_address("192.0.2.1"), 40000)
+    same = Rewritten(
+        Kind.EPSV, b"229 (|||40000|)\r\n", b"229 (|||40000|)\r\n", listen, listen, 0, 0
+    )
+    m.observe(same)
+    assert same.event == "announce_unchanged"
+    assert sample(m, "ftpalg_rewrites_total", kind="229") == 0
+    assert sample(m, "ftpalg_expectations_pending") == 1
+
+
 def test_metrics_of_tls_and_kernel_state() -> None:
     m = Metrics("transparent")
     for obs in (

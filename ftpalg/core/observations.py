@@ -102,6 +102,12 @@ class Rewritten(Observation):
     delta: int
     seq_offset: int  # the kernel's cumulative seq correction of that direction after it
 
+    @property
+    def event(self) -> str:
+        """A line the faces left as it was (a transparent-mode 227 naming the server's own
+        address, every 229) armed an expectation but was not rewritten: it says so."""
+        return "rewrite" if self.before != self.after else "announce_unchanged"
+
 
 @dataclass(frozen=True, slots=True)
 class CommandRefused(Observation):

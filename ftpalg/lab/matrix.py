@@ -54,13 +54,20 @@ class Commands:
         return None, None
 
 
+ANNOUNCED = ("rewrite", "announce_unchanged")
+
+
 class AlgCommands(Commands):
     def __init__(self, alg: AlgProcess) -> None:
         self.alg = alg
-        self.seen = len(alg.named("rewrite"))
+        self.seen = len(self._events())
+
+    def _events(self) -> list[dict[str, object]]:
+        """Every announced address line, rewritten or passed unchanged."""
+        return [e for e in self.alg.events() if e.get("event") in ANNOUNCED]
 
     def take(self) -> tuple[str | None, str | None]:
-        events = self.alg.named("rewrite")
+        events = self._events()
         new, self.seen = events[self.seen :], len(events)
         if not new:
             return None, None

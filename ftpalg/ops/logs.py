@@ -152,7 +152,9 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             _prepare,
-            _OneLine(structlog.dev.ConsoleRenderer(colors=False, timestamp_key="ts")),
+            _OneLine(
+                structlog.dev.ConsoleRenderer(colors=False, timestamp_key="ts", sort_keys=False)
+            ),  # fields in the order the event has them (before= ahead of after=)
         ]
     structlog.configure(
         processors=processors,

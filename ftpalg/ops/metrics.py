@@ -175,7 +175,8 @@ class Metrics:
         """Account for one observation (called for every one, whatever the log level)."""
         match obs:
             case Rewritten():
-                self._rewrites[obs.kind].inc()
+                if obs.before != obs.after:  # an unchanged announcement is no rewrite
+                    self._rewrites[obs.kind].inc()
                 self.pending.inc()
                 self.seq_offset.observe(abs(obs.seq_offset))
             case ExpectationEnded():

@@ -103,23 +103,28 @@ def test_cases_cover_every_command_both_families_and_directions() -> None:
 
 class _FakeAlg:
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.log: list[dict[str, Any]] = []
 
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == event]
+    def events(self) -> list[dict[str, Any]]:
+        return self.log
 
 
 def test_alg_commands_put_before_and_after_on_the_right_side() -> None:
     alg = _FakeAlg()
-    alg.events.append({"event": "rewrite", "kind": "PORT", "before": "old", "after": "x"})
+    alg.log.append({"event": "rewrite", "kind": "PORT", "before": "old", "after": "x"})
     cmds = matrix.AlgCommands(alg)  # type: ignore[arg-type]
     assert cmds.take() == (None, None)  # only what came after it was made
-    alg.events.append(
+    alg.log.append(
         {"event": "rewrite", "kind": "PORT", "before": "PORT c\\r\\n", "after": "PORT s\\r\\n"}
     )
     assert cmds.take() == ("PORT c\\r\\n", "PORT s\\r\\n")  # client sent before, server saw after
-    alg.events.append({"event": "rewrite", "kind": "229", "before": "229 s", "after": "229 c"})
+    alg.log.append({"event": "rewrite", "kind": "229", "before": "229 s", "after": "229 c"})
     assert cmds.take() == ("229 c", "229 s")  # the server sent before, the client saw after
+    alg.log.append(
+        {"event": "announce_unchanged", "kind": "229", "before": "229 u", "after": "229 u"}
+    )
+    alg.log.append({"event": "data_finished"})
+    assert cmds.take() == ("229 u", "229 u")  # an unchanged announcement is shown too
     assert cmds.take() == (None, None)
 
 
