@@ -152,7 +152,7 @@ class Engine:
         return _run([*head, *args], timeout, self.env)
 
     def ids(self, kind: str, project: str, service: str | None = None) -> list[str]:
-        """IDs (containers) or names (networks) of a project's objects, by compose label."""
+        """A project's containers or networks (`kind`), by compose label: IDs or names."""
         argv = [self.cli, kind, "ls", "-q"] + (["-a"] if kind == "container" else [])
         argv += ["--filter", f"label=com.docker.compose.project={project}"]
         if service:
@@ -527,5 +527,8 @@ def _wait_keep(engine: Engine, chosen: Sequence[Topology]) -> None:
             file=sys.stderr,
         )
         print(f"  {' ' * len(topo.name)}  {head} logs gateway", file=sys.stderr)
-    while True:
-        time.sleep(3600)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
