@@ -48,8 +48,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import itertools
+import select
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 from ftpalg.kernel.conntrack_netns import (
     conntrack_sysctls,
@@ -70,14 +73,16 @@ from ftpalg.kernel.conntrack_wire import (
     NLMSG_ERROR,
     WireError,
     decode,
+    decode_parsed,
     dump_request,
     error_code,
     event_kind,
+    family_of,
     get_request,
     is_entry,
     mark_filter,
-    mark_of,
     messages,
+    peek,
 )
 from ftpalg.kernel.errors import KernelSetupError
 
@@ -95,6 +100,7 @@ __all__ = [
     "ensure_conntrack_sysctls",
 ]
 
+Choose = Callable[[int, int], "CtEvent | bool"]  # ConntrackWatcher.read: (ct_id, mark) -> ...
 _SO_ATTACH_FILTER = 26
 _RECV_SIZE = 1 << 16  # one event is < 1 KiB; a dump part is at most 32 KiB (netlink_dump)
 
@@ -112,12 +118,18 @@ class ConntrackTable:
 
     Blocking, with ``timeout`` as the worst case; a GET is one round trip (tens of µs), so it
     is fine on the event loop. Failures are :class:`KernelSetupError`.
+
+    The socket is non-blocking and polled only when nothing is queued: ctnetlink answers a
+    GET inside ``send`` (and queues each next part of a dump inside the ``recv`` that takes
+    the previous one), so a GET is two system calls, ``send`` and ``recv``. It asks for no
+    ACK: the answer (or an ``NLMSG_ERROR`` such as ENOENT) is the only message.
     """
 
     def __init__(self, netns: str | None = None, timeout: float = 2.0) -> None:
         self._sock = netlink_socket(netns, 1 << 20)
-        self._sock.settimeout(timeout)
+        self._sock.setblocking(False)
         self._sock.bind((0, 0))
+        self._timeout = timeout
         self._seq = itertools.count(1)
 
     def close(self) -> None:
@@ -138,11 +150,21 @@ class ConntrackTable:
         except OSError as exc:  # a timeout, EPERM without CAP_NET_ADMIN, ...
             raise KernelSetupError(f"ctnetlink request failed: {exc}") from exc
 
+    def _recv(self, deadline: float) -> bytes:
+        while True:
+            try:
+                return self._sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                    raise TimeoutError("no answer from ctnetlink") from None
+
     def _exchange(self, req: bytes, seq: int, dump: bool) -> list[CtEvent]:
+        deadline = time.monotonic() + self._timeout
         self._sock.send(req)
         out: list[CtEvent] = []
         while True:
-            data = self._sock.recv(_RECV_SIZE)
+            data = self._recv(deadline)
             for mtype, _flags, mseq, start, end in messages(data):
                 if mseq != seq:
                     continue  # a late answer to an earlier, timed-out request
@@ -151,13 +173,15 @@ class ConntrackTable:
                 if mtype == NLMSG_ERROR:
                     err = -error_code(data, start)
                     if err == 0 and not dump:
-                        return out  # the ACK after a GET answer
+                        return out
                     if err == errno.ENOENT and not dump:
                         return []
                     name = errno.errorcode.get(err, str(err))
                     raise KernelSetupError(f"ctnetlink request failed: {name} ({err})")
                 if is_entry(mtype):
                     out.append(decode(data, start, end, CtKind.SNAPSHOT))
+                    if not dump:
+                        return out  # a GET has one answer (and asked for no ACK)
 
 
 class ConntrackWatcher:
@@ -212,10 +236,14 @@ class ConntrackWatcher:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def read(self) -> list[CtEvent]:
+    def read(self, choose: Choose | None = None) -> list[CtEvent]:
         """Every queued event (up to ``max_messages``), oldest first, tagged ones only.
 
-        Raises :class:`ConntrackOverflow` after draining when the kernel dropped events.
+        ``choose(ct_id, mark)`` (optional) decides, before the rest of a message is decoded,
+        what is decoded: False skips the event, True decodes all of it, an earlier event of
+        the same conntrack lends its tuples (which never change) instead of having them
+        decoded again. Raises :class:`ConntrackOverflow` after draining when the kernel
+        dropped events.
         """
         events: list[CtEvent] = []
         lost = False
@@ -232,10 +260,17 @@ class ConntrackWatcher:
                 continue
             for mtype, flags, _seq, start, end in messages(data):
                 kind = event_kind(mtype, flags)
-                if kind is None or (mark_of(data, start, end) & self.mask) != self.mark:
+                if kind is None:
                     continue
                 try:
-                    events.append(decode(data, start, end, kind))
+                    a, ct_id, mark = peek(data, start, end)
+                    if (mark & self.mask) != self.mark:
+                        continue
+                    known = True if choose is None else choose(ct_id, mark)
+                    if known is False:
+                        continue
+                    tuples = None if known is True else (known.orig, known.reply)
+                    events.append(decode_parsed(data, a, family_of(data, start), kind, tuples))
                 except WireError:
                     continue  # not a conntrack of an IP family we know (none so far)
         if lost:

@@ -138,22 +138,54 @@ def mark_of(buf: bytes, start: int, end: int) -> int:
     return _BE32.unpack_from(buf, a[CTA_MARK][0])[0] if CTA_MARK in a else 0
 
 
-def decode(buf: bytes, start: int, end: int, kind: CtKind) -> CtEvent:
-    """Decode the payload ``buf[start:end]`` of a ctnetlink conntrack message."""
+def peek(buf: bytes, start: int, end: int) -> tuple[dict[int, Span], int, int]:
+    """The top-level attributes of a ctnetlink message (payload span), its ``CTA_ID`` and its
+    ``CTA_MARK`` (0 when absent): enough to decide whether to decode the rest
+    (:func:`decode_parsed`), which then does not parse them again."""
+    a = attrs(buf, start + 4, end)
+    ct_id = _BE32.unpack_from(buf, a[CTA_ID][0])[0] if CTA_ID in a else 0
+    mark = _BE32.unpack_from(buf, a[CTA_MARK][0])[0] if CTA_MARK in a else 0
+    return a, ct_id, mark
+
+
+def family_of(buf: bytes, start: int) -> int:
+    """The IP version (4 or 6) of a ctnetlink message (payload span); WireError otherwise."""
     family = _AF.get(buf[start])
     if family is None:
         raise WireError(f"unknown nfgen_family {buf[start]}")
-    return decode_attrs(buf, start + 4, end, family, kind)
+    return family
+
+
+def decode(buf: bytes, start: int, end: int, kind: CtKind) -> CtEvent:
+    """Decode the payload ``buf[start:end]`` of a ctnetlink conntrack message."""
+    return decode_attrs(buf, start + 4, end, family_of(buf, start), kind)
 
 
 def decode_attrs(buf: bytes, start: int, end: int, family: int, kind: CtKind) -> CtEvent:
     """Decode the ``CTA_*`` attributes in ``buf[start:end]`` (also nested in ``NFULA_CT``)."""
-    a = attrs(buf, start, end)
-    try:
-        orig = _tuple(buf, a[CTA_TUPLE_ORIG], family)
-        reply = _tuple(buf, a[CTA_TUPLE_REPLY], family)
-    except (KeyError, IndexError, struct.error) as exc:
-        raise WireError(f"conntrack message without a complete tuple: {exc!r}") from exc
+    return decode_parsed(buf, attrs(buf, start, end), family, kind)
+
+
+def decode_parsed(
+    buf: bytes,
+    a: dict[int, Span],
+    family: int,
+    kind: CtKind,
+    tuples: tuple[CtTuple, CtTuple] | None = None,
+) -> CtEvent:
+    """Decode a message from its top-level attributes ``a`` (:func:`attrs`, :func:`peek`).
+
+    ``tuples``: the (original, reply) tuples of the same conntrack from an earlier message;
+    they never change over a conntrack's life, so they are taken from there instead of being
+    decoded again (the costliest part of a message: five nested attribute lists)."""
+    if tuples is not None:
+        orig, reply = tuples
+    else:
+        try:
+            orig = _tuple(buf, a[CTA_TUPLE_ORIG], family)
+            reply = _tuple(buf, a[CTA_TUPLE_REPLY], family)
+        except (KeyError, IndexError, struct.error) as exc:
+            raise WireError(f"conntrack message without a complete tuple: {exc!r}") from exc
     state: TcpState | None = None
     flags: tuple[int, int] | None = None
     if CTA_PROTOINFO in a:
@@ -245,9 +277,10 @@ def request(
 
 
 def get_request(orig: CtTuple, seq: int) -> bytes:
-    """``IPCTNL_MSG_CT_GET`` of the conntrack whose original tuple is ``orig``."""
+    """``IPCTNL_MSG_CT_GET`` of the conntrack whose original tuple is ``orig``, without
+    ``NLM_F_ACK``: the answer, or an ``NLMSG_ERROR`` when there is none, is the only reply."""
     body = encode_tuple(CTA_TUPLE_ORIG, orig)
-    return request(IPCTNL_MSG_CT_GET, NLM_F_ACK, seq, _AF_OF[orig.family], body)
+    return request(IPCTNL_MSG_CT_GET, 0, seq, _AF_OF[orig.family], body)
 
 
 def dump_request(mark: int, mask: int, seq: int) -> bytes:

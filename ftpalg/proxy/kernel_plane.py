@@ -156,7 +156,7 @@ class KernelData:
     def _on_events(self) -> None:
         lost = False
         try:
-            events = self.watcher.read()
+            events = self.watcher.read(self._choose)
         except ConntrackOverflow as exc:  # some events were lost: re-sync after these
             events, lost = exc.events, True
         if self.segments is not None:  # a FIN's log message is queued before its event
@@ -164,6 +164,18 @@ class KernelData:
         self._handle(events)
         if lost:
             self._handle(self._resync())
+
+    def _choose(self, ct_id: int, mark: int) -> CtEvent | bool:
+        """What of an event to decode (`ConntrackWatcher.read`): a running connection's events
+        borrow the tuples of its first one; an event is decoded in full only when an open
+        pinhole may have admitted it; the rest (events after the end, of a pinhole closed
+        meanwhile) are skipped after reading their id and mark. Chosen when read, handled
+        after the whole batch is read: a pinhole that closes in between only costs a decode."""
+        run = self.running.get(ct_id)
+        if run is not None and run.first.mark == mark:
+            return run.first
+        pid = id_of(mark)
+        return pid is not None and pid in self.pinholes
 
     def _handle(self, events: list[CtEvent]) -> None:
         for ct in events:
