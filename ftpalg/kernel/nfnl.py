@@ -14,9 +14,11 @@ How this works:
   short-lived thread that joins that namespace (the process itself never moves).
 - Every call is one nf_tables transaction sent with one ``send`` (the wire format is in
   ``nfnl_wire.py``): the kernel commits all of it or none of it.
-- Every element message carries ``NLM_F_ACK``. nfnetlink runs a batch synchronously inside
-  ``send``, so when it returns every ack is queued: acks are read with ``MSG_DONTWAIT`` and a
-  missing one is an error, never a hang. ``NETLINK_CAP_ACK`` keeps error acks small,
+- The last element message carries ``NLM_F_ACK``; a message that fails is answered with an
+  error without it. nfnetlink runs a batch synchronously inside ``send`` (and does not stop
+  at a failed message), so when it returns the errors and then the last message's ack are
+  queued: they are read with ``MSG_DONTWAIT`` up to that ack, and a missing ack is an error,
+  never a hang. ``NETLINK_CAP_ACK`` keeps error acks small,
   ``NETLINK_EXT_ACK`` makes the kernel point at the failing element, which the error names.
 - Remove uses ``NFT_MSG_DESTROYSETELEM`` (Linux 6.3+), which succeeds for an absent element.
   Support is probed once, on the first remove, by a batch without ``BATCH_END`` (the kernel
@@ -241,7 +243,7 @@ class SetElements:
             self._sock.send(data)
         except OSError as exc:
             raise KernelSetupError(f"nf_tables netlink send ({len(data)} bytes): {exc}") from exc
-        return self._read_acks(begin, {msg.seq: msg for msg in msgs})
+        return self._read_acks(begin, {msg.seq: msg for msg in msgs}, msgs[-1].seq)
 
     def _grow_sndbuf(self, size: int) -> None:
         try:
@@ -250,8 +252,9 @@ class SetElements:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         self._sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
-    def _read_acks(self, begin: int, by_seq: dict[int, Msg]) -> list[Failure]:
-        waiting = set(by_seq)
+    def _read_acks(self, begin: int, by_seq: dict[int, Msg], last: int) -> list[Failure]:
+        """Errors of any message, up to the ack of the ``last`` one (the only one asked for)."""
+        waiting = True
         failures: list[Failure] = []
         batch_err = 0
         while waiting:
@@ -262,15 +265,15 @@ class SetElements:
             except OSError as exc:  # ENOBUFS: acks were dropped, the outcome is unknown
                 raise KernelSetupError(f"nf_tables netlink acks lost: {exc}") from exc
             for seq, err, offset in parse_acks(self._rbuf, n):
-                if seq in waiting:
-                    waiting.discard(seq)
+                msg = by_seq.get(seq)
+                if msg is not None:
+                    waiting = waiting and seq != last
                     if err:
-                        msg = by_seq[seq]
                         failures.append((msg, err, None if offset is None else msg.op_at(offset)))
                 elif seq == begin and err:  # the batch as a whole (e.g. the commit) failed
                     batch_err = err
         if not failures and (batch_err or waiting):
-            first = by_seq[min(waiting)] if waiting else next(iter(by_seq.values()))
+            first = by_seq[last] if waiting else next(iter(by_seq.values()))
             failures.append((first, batch_err or errno_mod.EPROTO, None))
         return failures
 

@@ -12,9 +12,12 @@ How this works:
   holds at most :data:`MAX_ELEMS_PAYLOAD` bytes: an attribute length is a u16). Each message
   remembers where each element starts, so an extended ack's offset names the element.
 - :func:`encode_batch` frames them: ``NFNL_MSG_BATCH_BEGIN`` (res_id
-  ``NFNL_SUBSYS_NFTABLES``), the messages with ``NLM_F_ACK`` (add: ``NFT_MSG_NEWSETELEM`` +
-  ``NLM_F_CREATE``, which is nft's ``add element``; remove: ``NFT_MSG_DESTROYSETELEM`` or
+  ``NFNL_SUBSYS_NFTABLES``), the messages (add: ``NFT_MSG_NEWSETELEM`` + ``NLM_F_CREATE``,
+  which is nft's ``add element``; remove: ``NFT_MSG_DESTROYSETELEM`` or
   ``NFT_MSG_DELSETELEM``), ``NFNL_MSG_BATCH_END`` (left out for a batch that must not commit).
+  Only the last message carries ``NLM_F_ACK``: nfnetlink answers every message that fails
+  with an ``NLMSG_ERROR`` anyway, and keeps processing the batch after a failure, so the
+  last message's ack comes after every error (one ack to read instead of one per message).
 - :func:`parse_acks` reads ``NLMSG_ERROR`` messages: (original seq, errno, the extended ack's
   ``NLMSGERR_ATTR_OFFS`` or None).
 
@@ -246,11 +249,14 @@ def encode_batch(msgs: Sequence[Msg], begin_seq: int, *, destroy: bool, commit: 
     """The batch: BEGIN (``begin_seq``), ``msgs`` (``msg.seq`` must be set), END if ``commit``."""
     remove_type = NFT_MSG_DESTROYSETELEM if destroy else NFT_MSG_DELSETELEM
     chunks = [_HDR.pack(20, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq, 0), _NFGEN_BATCH]
-    for msg in msgs:
+    last = len(msgs) - 1
+    for i, msg in enumerate(msgs):
         if msg.kind == "add":
             mtype, flags = NFT_MSG_NEWSETELEM, _ADD_FLAGS
         else:
             mtype, flags = remove_type, _REMOVE_FLAGS
+        if i != last:
+            flags &= ~NLM_F_ACK  # errors come back all the same; success only for the last
         chunks += (
             _HDR.pack(
                 24 + len(msg.head) + msg.size,

@@ -150,7 +150,7 @@ def test_batch_decodes_with_pyroute2() -> None:
         pos += length
     assert seen == [
         ("0x10", "0x1", 100),  # BATCH_BEGIN
-        ("0xa0c", "0x405", 101),  # NEWSETELEM, REQUEST|ACK|CREATE
+        ("0xa0c", "0x401", 101),  # NEWSETELEM, REQUEST|CREATE (errors come without ACK)
         ("0xa1e", "0x5", 102),  # DESTROYSETELEM, REQUEST|ACK
         ("0x11", "0x1", 103),  # BATCH_END
     ]
