@@ -2,10 +2,17 @@
 
 How this works: each direction (``a->b``, ``b->a``) is a small state machine driven by
 ``loop.add_reader``/``loop.add_writer`` callbacks (no asyncio streams, so it runs the same on
-the stdlib loop and on uvloop). A direction owns a kernel pipe and alternates:
+the stdlib loop and on uvloop). A direction alternates:
 
     fill:  splice(src socket -> pipe)   only when the pipe is empty
     drain: splice(pipe -> dst socket)   until the pipe is empty again
+
+It starts without a pipe, with ``recv_into``/``send`` through a small buffer
+(``START_BUFFER_SIZE``), and makes its pipe once it has moved more than ``SPLICE_AFTER``
+bytes (with the buffer empty): most data connections are small (a listing, a short file),
+and a pipe costs four system calls per direction (``pipe2``, ``fcntl``, two ``close``), more
+than copying a few KiB; a direction that carries nothing (the command side of a download)
+never makes one.
 
 It waits for *either* ``src`` readable (pipe empty) *or* ``dst`` writable (pipe holds bytes),
 never both; that is the back-pressure: a slow receiver stops the reads, and at most one pipe
@@ -41,8 +48,9 @@ Subtle rules:
   So both sockets get ``SO_OOBINLINE``, and when splice returns 0 or returns EAGAIN right
   after a "readable" wake-up, the direction switches to ``recv_into``/``send`` with a
   reusable buffer, which reads through the mark (and confirms a real EOF).
-- The same fallback is used from the start when splice fails with EINVAL/ENOSYS (a socket
-  type without splice), when no pipe can be made, or when ``zero_copy=False``.
+- The same fallback is used when splice fails with EINVAL/ENOSYS (a socket type without
+  splice); when no pipe can be made, or with ``zero_copy=False``, the buffer grows to
+  ``BUFFER_SIZE`` where the pipe would have been made.
 - Every exit path (done, error, cancellation of the awaiting task) removes the readers and
   writers, closes both pipes and both sockets, exactly once.
 """
@@ -59,6 +67,8 @@ from dataclasses import dataclass
 
 PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 256 * 1024
+START_BUFFER_SIZE = 16 * 1024  # until SPLICE_AFTER bytes have passed
+SPLICE_AFTER = 64 * 1024  # a direction makes its pipe (or grows its buffer) past these
 FALLBACK_BUFFER_SIZE = 16 * 1024  # after leaving splice mode (EOF, urgent mark)
 WAKEUP_BYTES = 512 * 1024  # bytes one callback moves at most before yielding to the loop
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -103,12 +113,23 @@ class _Direction:
         self.done = False
         self.waiting = _IDLE
         self.pipe: tuple[int, int] | None = None
-        self.cap = BUFFER_SIZE
-        self.view: memoryview | None = None
-        if zero_copy:
+        self.zero_copy = zero_copy
+        self.upgrade = True  # copying through the small buffer: the pipe comes at SPLICE_AFTER
+        self.cap = START_BUFFER_SIZE
+        self.view: memoryview | None = memoryview(bytearray(START_BUFFER_SIZE))
+
+    def _upgrade(self) -> None:
+        """``SPLICE_AFTER`` bytes moved, the buffer empty: splice through a pipe from now on,
+        or copy through a full-size buffer when there is no pipe."""
+        self.upgrade = False
+        if self.zero_copy:
             self._open_pipe()
-        if self.pipe is None:
-            self._to_buffer_mode()
+        if self.pipe is not None:
+            self.view = None
+        else:
+            self.view = memoryview(bytearray(BUFFER_SIZE))
+            self.cap = BUFFER_SIZE
+        self.offset = 0
 
     def _open_pipe(self) -> None:
         try:
@@ -116,10 +137,10 @@ class _Direction:
         except OSError:
             return  # out of fds or pipe quota: copy through a buffer instead
         self.pipe = (r, w)
-        # Above fs.pipe-max-size or the user's pipe quota: keep the default size.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        self.cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+        try:  # F_SETPIPE_SZ answers with the size it set
+            self.cap = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # above fs.pipe-max-size or the user's pipe quota: the default size
+            self.cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
 
     def _to_buffer_mode(self) -> None:
         """Leave splice mode; bytes still in the pipe move into the buffer first.
@@ -232,6 +253,8 @@ class _Direction:
                         raise _RelayError(_describe(self.name, "shutdown", exc)) from exc
                     self.done = True
                     return True
+                if self.upgrade and self.sent > SPLICE_AFTER:
+                    self._upgrade()
                 n = self._fill(woke_readable, budget)
                 woke_readable = False
                 if n is None:

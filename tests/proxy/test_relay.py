@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from ftpalg.proxy.relay import PIPE_SIZE, WAKEUP_BYTES, RelayResult, relay
+from ftpalg.proxy.relay import PIPE_SIZE, SPLICE_AFTER, WAKEUP_BYTES, RelayResult, relay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -313,6 +313,65 @@ def test_urgent_data_is_relayed_inline(run: Runner, zero_copy: bool) -> None:
             assert await asyncio.wait_for(recv_all(y), 10) == sha(b"abc!" + b"def" * 1000)
             y.shutdown(socket.SHUT_WR)
             assert await asyncio.wait_for(task, 10) == RelayResult(3004, 0, None)
+
+    run(main)
+
+
+def test_urgent_data_after_the_switch_to_splice(run: Runner) -> None:
+    """The urgent mark in a direction that already splices (past SPLICE_AFTER)."""
+    head = payload(SPLICE_AFTER + 5000, 7)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b))
+            reader = asyncio.create_task(recv_all(y))
+            await loop.sock_sendall(x, head)
+            await asyncio.sleep(0.05)  # relayed: the direction has its pipe now
+            x.send(b"!", socket.MSG_OOB)
+            await send_all(x, b"def" * 1000)
+            assert await asyncio.wait_for(reader, 10) == sha(head + b"!" + b"def" * 1000)
+            y.shutdown(socket.SHUT_WR)
+            result = await asyncio.wait_for(task, 10)
+            assert result == RelayResult(len(head) + 3001, 0, None)
+
+    run(main)
+
+
+def test_small_transfers_make_no_pipe(
+    run: Runner, zero_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing-sized transfer is copied; a pipe is made only past SPLICE_AFTER, only for the
+    direction that carries that much, only with zero_copy."""
+    pipes = 0
+    real_pipe2 = os.pipe2
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        nonlocal pipes
+        pipes += 1
+        return real_pipe2(flags)
+
+    monkeypatch.setattr(os, "pipe2", pipe2)
+
+    async def transfer(size: int) -> None:
+        data = payload(size, size)
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            reader = asyncio.create_task(recv_all(y))
+            await send_all(x, data)
+            assert await reader == sha(data)
+            y.shutdown(socket.SHUT_WR)
+            assert await task == RelayResult(size, 0, None)
+
+    async def main() -> None:
+        before = fd_count()
+        await transfer(SPLICE_AFTER)  # exactly the threshold: all of it copied
+        assert pipes == 0
+        await transfer(4 * SPLICE_AFTER)
+        assert pipes == (1 if zero_copy else 0)
+        assert fd_count() == before
 
     run(main)
 
