@@ -439,6 +439,8 @@ def test_example_config_documents_every_option_with_its_default(tmp_path: Path) 
         metrics=parse_endpoint("127.0.0.1:9121"),
         xferlog="/var/log/ftpalg/xferlog",
         user="ftpalg",
+        tls_cert="/etc/ftpalg/tls/cert.pem",
+        tls_key="/etc/ftpalg/tls/key.pem",
     )  # the keys without a default: their examples
 
 

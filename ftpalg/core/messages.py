@@ -181,8 +181,24 @@ class OpenWindow:
     source: Address
 
 
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """tls = terminate (core/tls_terminate.py): the 234 was sent; what `side` sends from here
+    on is TLS, with ftpalg as the TLS server."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectData:
+    """tls = terminate: the client's PROT — data connections from now on are TLS (`private`)
+    or plain on the client's side (the server's side is always plain)."""
+
+    private: bool
+
+
 # A string: observations.py imports this module (Endpoint, Side).
 Action: TypeAlias = (
     "Send | ShutdownWrite | CloseSession | OpenListener | CloseListener | RejectData"
-    " | ConnectData | OpenWindow | Observation"
+    " | ConnectData | OpenWindow | StartTls | ProtectData | Observation"
 )

@@ -267,6 +267,15 @@ class TlsRefused(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsTerminated(Observation):
+    """AUTH answered with 234 by ftpalg itself (tls = terminate): the client's side of the
+    control connection becomes TLS; the server never sees AUTH (core/tls_terminate.py)."""
+
+    EVENT = "tls_terminate"
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed(Observation):
     EVENT = "session_closed"
     reason: str

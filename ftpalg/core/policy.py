@@ -30,7 +30,8 @@ class CorePolicy:
     # that range), and the address written into 227 replies when a DNAT sits in front
     strict_data_ports: bool = False
     announce: tuple[Address, ...] = ()  # at most one per IP version
-    tls: str = "passthrough"  # what AUTH gets: passthrough or refuse (core/tls.py)
+    tls: str = "passthrough"  # what AUTH gets: passthrough, refuse, terminate (core/tls.py)
+    require_tls: bool = False  # terminate: USER/PASS before AUTH refused (tls_terminate.py)
 
 
 def reply(code: int, text: str) -> bytes:

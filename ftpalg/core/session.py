@@ -85,7 +85,7 @@ class Session:
         self._last_activity = now
         self._next_listener = 1
         self._shutdowns = False  # a ShutdownWrite was output (sends to that side drop)
-        self.tls = TlsControl(policy.tls)  # AUTH: passed through or refused (tls.py)
+        self.tls = TlsControl(policy.tls, policy.require_tls)  # AUTH: tls.py
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -211,9 +211,11 @@ class Session:
         parsed = parse(line, self.sides[side].v6)
         if parsed is None:
             if side is CLIENT:
-                if self.tls.client_line(line, out):
+                if self.tls.client_line(line, out, self.sides[CLIENT]):
                     return
                 self.notes.client_line(line)
+            elif self.tls.terminate is not None:  # FEAT: our TLS features added
+                line = self.tls.terminate.server_line(line)
             out.append(Send(side.other, line))
             if side is SERVER and self.tls.accepts(line):
                 self.tls.go_opaque(self.sides, self.faces, out)

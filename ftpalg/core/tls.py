@@ -14,6 +14,7 @@ How this works.
 - `refuse`: ftpalg answers `AUTH` itself with `534` and never forwards it; the session stays
   readable (networks whose policy requires inspection; a client may then fall back to plain
   FTP, a downgrade the operator chose).
+- `terminate` (reverse mode): ftpalg is the TLS server itself; see tls_terminate.py.
 A `234` without an `AUTH` from the client before it changes nothing: a server cannot switch
 the gateway off. Only `AUTH` makes a 234 meaningful (RFC 2228: 234 answers AUTH; ADAT is 235).
 """
@@ -23,8 +24,9 @@ from __future__ import annotations
 from ftpalg.core.direction import Direction
 from ftpalg.core.messages import Action, Faces, OpenWindow, Send, Side
 from ftpalg.core.observations import TlsPassthrough, TlsRefused
+from ftpalg.core.tls_terminate import Terminate
 
-TLS_MODES = ("passthrough", "refuse")
+TLS_MODES = ("passthrough", "refuse", "terminate")
 REFUSED = b"534 Request denied for policy reasons: this gateway does not pass TLS.\r\n"
 
 
@@ -33,15 +35,19 @@ def is_auth(line: bytes) -> bool:
 
 
 class TlsControl:
-    __slots__ = ("auth", "mode", "opaque")
+    __slots__ = ("auth", "mode", "opaque", "terminate")
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, require_tls: bool = False) -> None:
         self.mode = mode
         self.auth: bytes | None = None  # the AUTH line the client sent (passthrough)
         self.opaque = False
+        self.terminate = Terminate(require_tls) if mode == "terminate" else None
 
-    def client_line(self, line: bytes, out: list[Action]) -> bool:
-        """True when ftpalg answered the line itself (AUTH under `refuse`)."""
+    def client_line(self, line: bytes, out: list[Action], client: Direction) -> bool:
+        """True when ftpalg answered the line itself (AUTH under `refuse`; AUTH, PBSZ, PROT
+        and more under `terminate`)."""
+        if self.terminate is not None:
+            return self.terminate.client_line(line, out, client)
         if not is_auth(line):
             return False
         if self.mode == "refuse":

@@ -63,8 +63,8 @@ DataPlaneMode = Literal["relay", "kernel", "auto"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 DATA_PLANES: tuple[DataPlaneMode, ...] = ("relay", "kernel", "auto")
-TlsMode = Literal["auto", "passthrough", "refuse"]
-TLS_MODES: tuple[TlsMode, ...] = ("auto", "passthrough", "refuse")
+TlsMode = Literal["auto", "passthrough", "refuse", "terminate"]
+TLS_MODES: tuple[TlsMode, ...] = ("auto", "passthrough", "refuse", "terminate")
 MIN_LINE, MAX_LINE = 512, 65536
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 FTP_PORT = 21
@@ -87,6 +87,9 @@ class Config:
     data_ports: tuple[int, int] = (40000, 60999)  # inclusive
     announce_address: tuple[IPv4Address | IPv6Address, ...] = ()  # reverse mode, 227
     tls: TlsMode = "auto"  # AUTH: auto = passthrough in transparent, refuse in reverse mode
+    tls_cert: str | None = None  # terminate: the certificate chain (PEM)
+    tls_key: str | None = None  # terminate: its private key (PEM)
+    require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
@@ -123,6 +126,10 @@ class Config:
         if lo < 1024 and not self.allow_low_data_ports:
             msg = f"{lo}-{hi} includes ports below 1024 (set allow_low_data_ports to permit)"
             raise ConfigError(f"data_ports: {msg}", key="data_ports")
+        if self.tls == "terminate" and (self.tls_cert is None or self.tls_key is None):
+            raise ConfigError("tls: terminate needs tls_cert and tls_key (PEM files)", key="tls")
+        if self.tls == "terminate" and self.upstream is None:
+            raise ConfigError("tls: terminate needs reverse mode (upstream)", key="tls")
         if self.announce_address and self.upstream is None:
             msg = "needs reverse mode (upstream): a transparent client sees the server's address"
             raise ConfigError(f"announce_address: {msg}", key="announce_address")
@@ -153,6 +160,9 @@ _SPECS: dict[str, _Spec] = {
     "source_transparent": _BOOL,
     "data_plane": _Spec(str_then(choice(DATA_PLANES)), choice(DATA_PLANES)),
     "tls": _Spec(str_then(choice(TLS_MODES)), choice(TLS_MODES)),
+    "tls_cert": _Spec(str_then(check_path), optional(check_path)),
+    "tls_key": _Spec(str_then(check_path), optional(check_path)),
+    "require_tls": _BOOL,
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
     "kernel_setup": _BOOL,
@@ -280,6 +290,11 @@ _SWITCHES = {  # flag: (dest, value, help)
         True,
         "connect to the server from the client's own address",
     ),
+    "--require-tls": (
+        "require_tls",
+        True,
+        "tls terminate: refuse USER and PASS before AUTH TLS with 530 (no password in clear)",
+    ),
     "--no-kernel-setup": (
         "kernel_setup",
         False,
@@ -351,7 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TLS_MODES,
         help="what an FTPS client's AUTH gets: passthrough (forwarded; after the server's 234 "
         "the session is relayed unread), refuse (534), or auto (default: passthrough in "
-        "transparent mode, refuse in reverse mode)",
+        "transparent mode, refuse in reverse mode), terminate (reverse mode: ftpalg is the TLS "
+        "server for clients, the server sees plain FTP; needs --tls-cert and --tls-key)",
+    )
+    add(
+        "--tls-cert",
+        dest="tls_cert",
+        metavar="FILE",
+        type=_arg(check_path),
+        help="tls terminate: certificate chain, PEM (re-read on SIGHUP)",
+    )
+    add(
+        "--tls-key",
+        dest="tls_key",
+        metavar="FILE",
+        type=_arg(check_path),
+        help="tls terminate: private key, PEM (re-read on SIGHUP)",
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")

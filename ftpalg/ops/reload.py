@@ -59,6 +59,10 @@ def runtime_check(config: Config) -> None:
         directory = os.path.dirname(os.path.abspath(config.xferlog))
         if not os.path.isdir(directory):
             raise ConfigError(f"xferlog: no directory {directory!r}", key="xferlog")
+    if config.tls == "terminate":  # the certificate is (re)loaded here: docs/ftps.md
+        from ftpalg.proxy.tls_context import load
+
+        load(config)
 
 
 def plan_reload(current: Config, argv: Sequence[str]) -> Reload:

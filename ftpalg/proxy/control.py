@@ -36,16 +36,19 @@ from ftpalg.core.messages import (
     Event,
     OpenListener,
     OpenWindow,
+    ProtectData,
     RejectData,
     Send,
     ShutdownWrite,
     Side,
+    StartTls,
     TimerFired,
 )
 from ftpalg.core.observations import Observation
 from ftpalg.core.session import Session
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.relay_plane import DataPlane, PlaneHost, RelayPlane
+from ftpalg.proxy.tls_upgrade import start_tls
 
 LINGER = 2.0  # seconds a closed session waits for its peers' EOF before closing for good
 BACKLOG_LIMIT = 64 * 1024  # held control bytes of one side before its reading pauses
@@ -237,6 +240,11 @@ class ControlSession:
             case OpenWindow():
                 why_not = self.plane.open_window(action)
                 self.observe.log.info("tls_data_window", opened=why_not is None, reason=why_not)
+            case StartTls(side):  # tls = terminate (tls_upgrade.py)
+                start_tls(self, side)
+            case ProtectData(private):  # the TLS plane's (tls_plane.py); no other plane has it
+                if (protect := getattr(self.plane, "protect", None)) is not None:
+                    protect(private)
             case CloseSession():
                 self._finish()
             case Send() | Observation():  # handled above

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from ftpalg.kernel import KernelSetupError
 from ftpalg.ops import sdnotify
-from ftpalg.ops.config import Config
+from ftpalg.ops.config import Config, ConfigError
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
 from ftpalg.ops.privileges import PrivilegeError
+from ftpalg.proxy import tls_context
 from ftpalg.proxy.gateway import Gateway
 from ftpalg.proxy.kernel_state import KernelState, set_up_kernel
 from ftpalg.proxy.sockets import make_listener
@@ -112,6 +113,10 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     except OSError as exc:
         print(f"ftpalg: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        tls_context.load(config)  # tls terminate: before privileges are dropped
+    except ConfigError as exc:
+        return _give_up(str(exc), listeners)
     ops = Operations(config, argv)  # argv: what SIGHUP re-reads
     try:
         ops.prepare()

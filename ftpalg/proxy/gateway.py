@@ -30,6 +30,7 @@ from ftpalg.ops.config import Config
 from ftpalg.ops.events import Failed, Fault, SessionOpened, SessionRefused, UpstreamConnectFailed
 from ftpalg.ops.logs import get_logger
 from ftpalg.ops.observer import Observer
+from ftpalg.proxy import tls_context
 from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol
 from ftpalg.proxy.kernel_plane import KernelData, KernelPlane
@@ -44,6 +45,7 @@ from ftpalg.proxy.sockets import (
     stream_socket,
     watch_local_addresses,
 )
+from ftpalg.proxy.tls_plane import TlsRelayPlane
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
@@ -68,6 +70,7 @@ def core_policy(config: Config) -> P.CorePolicy:
         strict_data_ports=not config.transparent,
         announce=config.announce_address,
         tls=tls_mode(config),
+        require_tls=config.require_tls,
     )
 
 
@@ -112,6 +115,11 @@ class Gateway:
         (nftables cannot join them), a client or server on this host (its packets never
         pass prerouting, where the pinholes are)."""
         data = self.kernel_data
+        if self.policy.tls == "terminate":  # TLS data: ftpalg decrypts (tls_plane.py)
+            context, client = tls_context.context_for(self.config), faces.client.host
+            return "relay", lambda control: TlsRelayPlane(
+                self, control.handle, control.observe, context, client
+            )
         if data is None or self.kernel_blocked is not None:
             return "relay", None
         if self.config.upstream is not None and (

@@ -24,9 +24,13 @@ from ftpalg.core.messages import (
     ConnectData,
     DataAccepted,
     DataConnected,
+    DataDialed,
     DataFinished,
+    DialData,
+    DialFailed,
     Endpoint,
     Event,
+    JoinData,
     ListenerFailed,
     ListenerOpened,
     OpenListener,
@@ -102,6 +106,38 @@ class RelayPlane:
         accepted = self._accepted.pop(action.conn, None)
         if accepted is not None:
             self.host.spawn(self._run(action, accepted), data=True)
+
+    def convert(self, action: DialData | JoinData) -> None:
+        """Data-mode conversion (core/convert.py): a dial held until joined, or a join of
+        two held connections (each accepted or dialed)."""
+        if isinstance(action, DialData):
+            self.host.spawn(self._dial(action), data=True)
+            return
+        client = self._accepted.pop(action.client, None)
+        server = self._accepted.pop(action.server, None)
+        if client is not None and server is not None:
+            self.host.spawn(self._join(action.client, client, server), data=True)
+            return
+        for sock in (client, server):
+            if sock is not None:
+                sock.close()
+        self.feed(DataFinished(action.client, 0, 0, 0.0, "connection gone before the join"))
+
+    async def _dial(self, action: DialData) -> None:
+        try:
+            sock = await self.host.dial(action.target, action.source)
+        except OSError as exc:
+            self.feed(DialFailed(action.dial, f"connect {action.target}: {exc.strerror or exc}"))
+            return
+        cid = self.host.next_conn_id()
+        self._accepted[cid] = sock
+        self.feed(DataDialed(action.dial, cid))
+
+    async def _join(self, conn: int, client: socket.socket, server: socket.socket) -> None:
+        start = self.loop.time()
+        result = await relay(client, server)
+        seconds = self.loop.time() - start
+        self.feed(DataFinished(conn, result.a_to_b, result.b_to_a, seconds, result.error))
 
     def reject(self, conn: int) -> None:
         sock = self._accepted.pop(conn, None)

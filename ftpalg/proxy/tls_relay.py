@@ -1,0 +1,133 @@
+"""`tls = terminate`, PROT P: one data connection relayed between a TLS client and a plain
+server (the splice relay, relay.py, cannot decrypt).
+
+How this works. The client's socket is handed to the loop as a server-side TLS transport
+(`connect_accepted_socket(ssl=...)`, on uvloop too; its handshake must finish within
+`HANDSHAKE_TIMEOUT`), the server's as a plain one; two small protocols pass what one receives
+to the other's transport, and back-pressure pauses the reading side while the writing side's
+buffer is full. The handshake comes first: until it has finished, what the server sends (a
+download) waits in the kernel. Ends: the server's EOF (a download is complete) closes the
+TLS side cleanly (`close_notify` after the buffered data); the client's EOF or
+`close_notify` (an upload is complete) half-closes the server's side, and the server's own
+close then ends the client's. The relay is over when both transports are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+
+from ftpalg.proxy.tls_context import HANDSHAKE_TIMEOUT
+
+SHUTDOWN_TIMEOUT = 5.0  # seconds a TLS close waits for the client's close_notify
+
+
+@dataclass(slots=True)
+class TlsRelayResult:
+    client_to_server: int
+    server_to_client: int
+    error: str | None
+
+
+class _Leg(asyncio.Protocol):
+    def __init__(self, relay: _Relay, name: str) -> None:
+        self.relay = relay
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Leg | None = None
+        self.received = 0
+        self.gone = False
+        self.early: list[bytes] = []  # received before the peer's transport stood
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's: not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is None:
+            self.early.append(data)
+        elif peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()  # the client's upload is complete: tell the server
+            else:
+                peer.transport.close()  # TLS: close_notify after what is buffered
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        if exc is not None and self.relay.error is None:
+            self.relay.error = f"{self.name}: {exc}"
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.close()
+        self.relay.leg_done()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class _Relay:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done = loop.create_future()
+        self.error: str | None = None
+        self.legs = 2
+
+    def leg_done(self) -> None:
+        self.legs -= 1
+        if self.legs == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+async def tls_relay(
+    loop: asyncio.AbstractEventLoop,
+    client: socket.socket,
+    server: socket.socket,
+    context: ssl.SSLContext,
+) -> TlsRelayResult:
+    """Relay until both ends are closed; a failed handshake closes both and says why."""
+    relay = _Relay(loop)
+    tls_leg, plain_leg = _Leg(relay, "client"), _Leg(relay, "server")
+    tls_leg.peer, plain_leg.peer = plain_leg, tls_leg
+    try:
+        await loop.connect_accepted_socket(
+            lambda: tls_leg,
+            sock=client,
+            ssl=context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+        client.close()
+        server.close()
+        return TlsRelayResult(0, 0, f"client TLS handshake: {exc or type(exc).__name__}")
+    try:
+        plain, _ = await loop.connect_accepted_socket(lambda: plain_leg, sock=server)
+    except OSError as exc:
+        server.close()
+        if tls_leg.transport is not None:
+            tls_leg.transport.close()
+        relay.error = f"server: {exc}"
+        relay.leg_done()
+    else:  # what the client sent meanwhile (an upload's first bytes, even its end)
+        if tls_leg.early:
+            plain.write(b"".join(tls_leg.early))
+            tls_leg.early.clear()
+        if tls_leg.eof or tls_leg.gone:
+            plain.write_eof()
+    await relay.done
+    return TlsRelayResult(tls_leg.received, plain_leg.received, relay.error)

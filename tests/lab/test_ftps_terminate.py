@@ -1,0 +1,190 @@
+"""`tls = terminate` (issue 13; core/tls_terminate.py, proxy/tls_*.py, docs/ftps.md): ftpalg in
+reverse mode is the TLS server for FTPS clients of a plain legacy vsftpd on the private side.
+Real clients (curl --ssl-reqd, Python ftplib FTP_TLS with PROT P and session reuse, lftp with
+ssl-force), sha256 on every transfer; the legacy server's protocol log never shows AUTH,
+PBSZ or PROT, and never a password before TLS; `require_tls` refuses a plain login; PROT C
+carries plain data; a client that sends garbage instead of a ClientHello, or stalls its
+handshake, loses its own session only."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.netns import Lab
+from ftpalg.lab.servers import FtpServer, make_file, self_signed, sha256_file, start_server
+from tests.lab.conftest import start_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+
+SIZE = 2 << 20
+PORT = 2121
+
+FTPLIB = """
+import ftplib, hashlib, json, ssl, sys
+host, port, prot, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session
+            )
+        return conn, size
+
+
+ftp = ReusingFTP_TLS(context=ctx, timeout=20)
+ftp.connect(host, port)
+out = {"feat": ftp.sendcmd("FEAT")}
+out["auth"] = ftp.auth()
+try:
+    ftp.sendcmd("PROT P")
+except ftplib.Error as exc:
+    out["prot_first"] = str(exc)
+ftp.login("anonymous", "lab@")
+if prot == "P":
+    ftp.prot_p()
+else:
+    out["pbsz"] = ftp.sendcmd("PBSZ 0")
+    out["prot"] = ftp.sendcmd("PROT C")
+try:
+    ftp.sendcmd("AUTH TLS")
+except ftplib.Error as exc:
+    out["auth_again"] = str(exc)
+data = bytearray()
+ftp.retrbinary("RETR " + name, data.extend)
+out["sha256"] = hashlib.sha256(data).hexdigest()
+ftp.quit()
+print(json.dumps(out), flush=True)
+"""
+
+
+@dataclass
+class Site:
+    lab: Lab
+    server: FtpServer
+    alg: AlgProcess
+    host: str
+    digest: str
+    cert: Path
+    key: Path
+
+
+def start_alg(lab: Lab, host: str, upstream: str, cert: Path, key: Path, *more: str) -> AlgProcess:
+    args = ["--listen", f"{host}:{PORT}", "--upstream", f"{upstream}:{PORT}"]
+    args += ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key), *more]
+    return start_ftpalg(lab, args)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Reverse mode (the relay plane): a plain vsftpd on the private side, clients outside."""
+    lab = start_lab()
+    try:
+        lab.server_role, lab.client_role = "cli", "srv"
+        a = lab.addresses
+        server = start_server(lab, "vsftpd", a.client_v4, PORT)
+        digest = make_file(server.root, "f.bin", SIZE, seed=21)
+        cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+        host = str(a.gw_outside_v4)
+        alg = start_alg(lab, host, str(a.client_v4), cert, key)
+        yield Site(lab, server, alg, host, digest, cert, key)
+    finally:
+        lab.close()
+
+
+def curl(site: Site, args: list[str]) -> bool:
+    argv = ["curl", "-sS", "--ssl-reqd", "-k", "--max-time", "30", *args]
+    return site.lab.run("srv", argv, timeout=40).returncode == 0
+
+
+def ftplib_run(site: Site, prot: str) -> dict[str, str]:
+    argv = [sys.executable, "-c", FTPLIB, site.host, str(PORT), prot, "f.bin"]
+    run = site.lab.run("srv", argv, timeout=60)
+    assert run.returncode == 0, run.stderr
+    result: dict[str, str] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_terminate_with_every_client(site: Site, tmp_path: Path) -> None:
+    mark, before = site.alg.mark(), site.server.log_text()
+    url = f"ftp://{site.host}:{PORT}"
+    assert curl(site, ["-o", str(tmp_path / "c.bin"), f"{url}/f.bin"])
+    assert sha256_file(tmp_path / "c.bin") == site.digest
+    up = make_file(tmp_path, "up.bin", SIZE + 5, seed=22)
+    assert curl(site, ["-T", str(tmp_path / "up.bin"), f"{url}/{site.server.upload_path('u.bin')}"])
+    assert sha256_file(site.server.uploaded("u.bin")) == up
+    got = ftplib_run(site, "P")
+    assert got["sha256"] == site.digest, got
+    assert " AUTH TLS" in got["feat"] and " PBSZ" in got["feat"] and " PROT" in got["feat"]
+    assert got["auth"].startswith("234"), got
+    assert got["prot_first"].startswith("503"), got  # PROT before PBSZ (and before AUTH)
+    assert got["auth_again"].startswith("503"), got
+    script = (
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no;"
+        " set net:max-retries 1; set net:timeout 10;"
+        f" open -u anonymous,lab@ {url}; get f.bin -o {tmp_path / 'l.bin'}"
+    )
+    run = site.lab.run("srv", ["lftp", "-c", script], timeout=40)
+    assert run.returncode == 0, run.stderr
+    assert sha256_file(tmp_path / "l.bin") == site.digest
+    assert len(site.alg.named("tls_terminate", since=mark)) >= 4
+    time.sleep(0.5)
+    seen = site.server.log_text()[len(before) :]
+    for verb in ("AUTH", "PBSZ", "PROT"):
+        assert f'"{verb}' not in seen, seen[-2000:]
+    assert "RETR" in seen and "STOR" in seen  # the plain commands did arrive
+
+
+def test_prot_c_carries_plain_data(site: Site) -> None:
+    got = ftplib_run(site, "C")
+    assert got["sha256"] == site.digest
+    assert got["pbsz"].startswith("200") and got["prot"].startswith("200"), got
+
+
+def test_garbage_and_a_stalled_handshake_lose_only_their_session(site: Site) -> None:
+    cmd = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=40)\n"
+        "s.recv(1024); s.sendall(b'AUTH TLS\\r\\n'); print(s.recv(1024)[:3].decode())\n"
+        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n' + bytes(300))\n"
+        "print(repr(s.recv(1024)))\n"
+    )
+    run = site.lab.run("srv", [sys.executable, "-c", cmd, site.host, str(PORT)], timeout=30)
+    lines = run.stdout.split()
+    assert lines[0] == "234", run.stdout + run.stderr
+    assert site.alg.named("tls_handshake_failed")
+    assert ftplib_run(site, "P")["sha256"] == site.digest  # others unaffected
+
+
+def test_require_tls_refuses_a_plain_login(site: Site) -> None:
+    lab, server = site.lab, site.server
+    site.alg.stop()
+    alg = start_alg(lab, site.host, str(server.address), site.cert, site.key, "--require-tls")
+    try:
+        before = server.log_text()
+        cmd = (
+            "import ftplib, sys\n"
+            "f = ftplib.FTP(); f.connect(sys.argv[1], int(sys.argv[2]), timeout=10)\n"
+            "try:\n    f.login('anonymous', 'secret@')\n"
+            "except ftplib.error_perm as exc:\n    print(exc)\n"
+        )
+        run = lab.run("srv", [sys.executable, "-c", cmd, site.host, str(PORT)], timeout=30)
+        assert run.stdout.startswith("530"), run.stdout + run.stderr
+        time.sleep(0.5)
+        assert "secret@" not in server.log_text()[len(before) :]
+        assert ftplib_run(site, "P")["sha256"] == site.digest  # TLS logins still work
+    finally:
+        alg.stop()
+        site.alg = start_alg(lab, site.host, str(server.address), site.cert, site.key)
