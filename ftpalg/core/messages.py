@@ -94,6 +94,20 @@ class DataFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class DataDialed:
+    """A `DialData` succeeded: the connection is `conn`, held until joined or rejected."""
+
+    dial: int
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    dial: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     pass
 
@@ -113,6 +127,8 @@ Event = (
     | DataAccepted
     | DataConnected
     | DataFinished
+    | DataDialed
+    | DialFailed
     | TimerFired
     | CloseRequested
 )
@@ -197,8 +213,27 @@ class ProtectData:
     private: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DialData:
+    """Data-mode conversion (core/convert.py): dial `target` from `source` (port 0 = any)
+    and hold the connection (`DataDialed` names it) — a dial no accept triggered."""
+
+    dial: int
+    target: Endpoint
+    source: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class JoinData:
+    """Relay the held connections `client` and `server` (each accepted or dialed); when it
+    ends, `DataFinished(client, client-to-server bytes, server-to-client bytes, ...)`."""
+
+    client: int
+    server: int
+
+
 # A string: observations.py imports this module (Endpoint, Side).
 Action: TypeAlias = (
     "Send | ShutdownWrite | CloseSession | OpenListener | CloseListener | RejectData"
-    " | ConnectData | OpenWindow | StartTls | ProtectData | Observation"
+    " | ConnectData | DialData | JoinData | OpenWindow | StartTls | ProtectData | Observation"
 )

@@ -276,6 +276,17 @@ class TlsTerminated(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class Converted(Observation):
+    """One transfer whose data mode ftpalg converted (core/convert.py): what the client
+    used, what went upstream."""
+
+    EVENT = "converted"
+    command: str
+    client_kind: str
+    upstream_kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed(Observation):
     EVENT = "session_closed"
     reason: str

@@ -31,6 +31,7 @@ class CorePolicy:
     strict_data_ports: bool = False
     announce: tuple[Address, ...] = ()  # at most one per IP version
     tls: str = "passthrough"  # what AUTH gets: passthrough, refuse, terminate (core/tls.py)
+    data_policy: str = "client"  # data-mode conversion (core/convert.py): client = none
     require_tls: bool = False  # terminate: USER/PASS before AUTH refused (tls_terminate.py)
 
 

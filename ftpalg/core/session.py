@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import assert_never
 
 from ftpalg.core import policy as P
+from ftpalg.core.convert import Converter
 from ftpalg.core.datapath import DataLegs
 from ftpalg.core.direction import Direction, drop_sends_after_shutdown
 from ftpalg.core.expect import Expectation, PendingOpen
@@ -31,14 +32,17 @@ from ftpalg.core.messages import (
     CloseSession,
     DataAccepted,
     DataConnected,
+    DataDialed,
     DataFinished,
     DataReceived,
+    DialFailed,
     Endpoint,
     Event,
     Faces,
     ListenerFailed,
     ListenerOpened,
     OpenListener,
+    RejectData,
     Send,
     ShutdownWrite,
     Side,
@@ -85,6 +89,11 @@ class Session:
         self._last_activity = now
         self._next_listener = 1
         self._shutdowns = False  # a ShutdownWrite was output (sends to that side drop)
+        self.conv = (  # data-mode conversion (convert.py): None under data_policy = client
+            None
+            if policy.data_policy == "client"
+            else Converter(faces, policy, rng, self._new_id, self.notes)
+        )
         self.tls = TlsControl(policy.tls, policy.require_tls)  # AUTH: tls.py
 
     # ---- public API ---------------------------------------------------------------------
@@ -97,6 +106,10 @@ class Session:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
+        if self.conv is not None and not self.closed and self.conv.handle(event, now, out):
+            self._drain(SERVER, now, out)  # a 2xx that waited for the join, then ...
+            self._drain(CLIENT, now, out)  # ... what waited for the conversion
+            return self._after_shutdown(out)
         match event:
             case DataReceived(side, data):
                 self._on_data(side, data, now, out)
@@ -113,6 +126,10 @@ class Session:
                 self._release_dial(conn, now, out)
                 if self.data.finish(event, out):
                     self._last_activity = now
+            case DataDialed(_, conn):  # a conversion's dial, after the session ended
+                out.append(RejectData(conn))
+            case DialFailed():
+                pass
             case TimerFired():
                 self._on_timer(now, out)
             case CloseRequested(reason, reply):
@@ -133,7 +150,10 @@ class Session:
         if self.closed:
             return None
         best = self.expectation.deadline if self.expectation else None
-        if not self.data.active:
+        conv = self.conv
+        if conv is not None and conv.deadline is not None:
+            best = conv.deadline if best is None or conv.deadline < best else best
+        if not self.data.active and not (conv is not None and conv.active):
             idle = self._last_activity + self.policy.idle_timeout
             best = idle if best is None or idle < best else best
         for direction in self.sides.values():
@@ -168,10 +188,14 @@ class Session:
         self._drain(side, now, out)
 
     def _blocked(self, side: Side) -> bool:
+        if self.conv is not None and self.conv.blocks(side, self.sides[side]):
+            return True
         return self.sides[side].opening is not None or self.data.waiting(side)
 
     def _drain(self, side: Side, now: float, out: list[Action]) -> None:
         direction = self.sides[side]
+        if self.conv is not None and side is CLIENT and not self.closed:
+            self.conv.check_abort(direction, out)
         while direction.held and not self._blocked(side) and not self.closed:
             offset, line = direction.take()
             self._line(side, offset, line, out)
@@ -206,7 +230,25 @@ class Session:
         if all(d.eof_done for d in self.sides.values()):
             self._close("closed by both peers", out)
 
+    def _new_id(self) -> int:
+        self._next_listener += 1
+        return self._next_listener - 1
+
     def _line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
+        conv = self.conv
+        if conv is None:
+            self._plain_line(side, offset, line, out)
+        elif side is CLIENT:
+            if not conv.client_line(line, out, self._last_activity):
+                mark = len(out)
+                self._plain_line(side, offset, line, out)
+                conv.sent(out, mark)
+        else:  # replies are counted; a reply may let a held client command go
+            if not conv.server_line(line, out):
+                self._plain_line(side, offset, line, out)
+            self._drain(CLIENT, self._last_activity, out)
+
+    def _plain_line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
         parse = parse_client_line if side is CLIENT else parse_server_line
         parsed = parse(line, self.sides[side].v6)
         if parsed is None:
@@ -304,6 +346,8 @@ class Session:
             deadline,
         )
         out.append(Send(side.other, new_line))
+        if self.conv is not None and side is CLIENT:
+            self.conv.owners.append("client")
         offset_after = self.ledger[side].offset_after
         out.append(
             Rewritten(
@@ -337,6 +381,9 @@ class Session:
     def _on_timer(self, now: float, out: list[Action]) -> None:
         if self.closed:
             return
+        if self.conv is not None:
+            self.conv.on_timer(now, out)
+            self._drain(CLIENT, now, out)
         exp = self.expectation
         if exp is not None and now >= exp.deadline:
             self.expectation = None
@@ -354,6 +401,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self.conv is not None:
+            self.conv.close(out)
         for direction in self.sides.values():
             if direction.opening is not None:
                 out.append(CloseListener(direction.opening.listener))

@@ -65,6 +65,16 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 DATA_PLANES: tuple[DataPlaneMode, ...] = ("relay", "kernel", "auto")
 TlsMode = Literal["auto", "passthrough", "refuse", "terminate"]
 TLS_MODES: tuple[TlsMode, ...] = ("auto", "passthrough", "refuse", "terminate")
+DataPolicy = Literal["client", "passive", "active", "PASV", "EPSV", "PORT", "EPRT"]
+DATA_POLICIES: tuple[DataPolicy, ...] = (
+    "client",
+    "passive",
+    "active",
+    "PASV",
+    "EPSV",
+    "PORT",
+    "EPRT",
+)
 MIN_LINE, MAX_LINE = 512, 65536
 RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
 FTP_PORT = 21
@@ -90,6 +100,7 @@ class Config:
     tls_cert: str | None = None  # terminate: the certificate chain (PEM)
     tls_key: str | None = None  # terminate: its private key (PEM)
     require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
+    data_policy: DataPolicy = "client"  # data-mode conversion (docs/conversion.md)
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
@@ -160,6 +171,7 @@ _SPECS: dict[str, _Spec] = {
     "source_transparent": _BOOL,
     "data_plane": _Spec(str_then(choice(DATA_PLANES)), choice(DATA_PLANES)),
     "tls": _Spec(str_then(choice(TLS_MODES)), choice(TLS_MODES)),
+    "data_policy": _Spec(str_then(choice(DATA_POLICIES)), choice(DATA_POLICIES)),
     "tls_cert": _Spec(str_then(check_path), optional(check_path)),
     "tls_key": _Spec(str_then(check_path), optional(check_path)),
     "require_tls": _BOOL,
@@ -354,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_arg(check_ifname),
         help="divert FTP arriving on this interface only; repeatable (default: all)",
+    )
+    add(
+        "--data-policy",
+        dest="data_policy",
+        choices=DATA_POLICIES,
+        help="data-mode conversion (docs/conversion.md): client (default: the server sees the "
+        "client's own PORT/EPRT/PASV/EPSV), passive (ftpalg uses EPSV upstream, PASV if the "
+        "server refuses it), active (EPRT upstream, PORT if refused), or exactly PASV, EPSV, "
+        "PORT or EPRT upstream; ftpalg answers the client's own command itself",
     )
     add(
         "--data-plane",

@@ -33,7 +33,10 @@ from ftpalg.core.messages import (
     CloseSession,
     ConnectData,
     DataReceived,
+    DialData,
+    DialFailed,
     Event,
+    JoinData,
     OpenListener,
     OpenWindow,
     ProtectData,
@@ -245,6 +248,11 @@ class ControlSession:
             case ProtectData(private):  # the TLS plane's (tls_plane.py); no other plane has it
                 if (protect := getattr(self.plane, "protect", None)) is not None:
                     protect(private)
+            case DialData() | JoinData():  # data-mode conversion: the relay plane's
+                if (convert := getattr(self.plane, "convert", None)) is not None:
+                    convert(action)
+                elif isinstance(action, DialData):
+                    self.handle(DialFailed(action.dial, f"the {self.plane.name} plane cannot dial"))
             case CloseSession():
                 self._finish()
             case Send() | Observation():  # handled above

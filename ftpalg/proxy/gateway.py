@@ -71,6 +71,7 @@ def core_policy(config: Config) -> P.CorePolicy:
         announce=config.announce_address,
         tls=tls_mode(config),
         require_tls=config.require_tls,
+        data_policy=config.data_policy,
     )
 
 
@@ -121,6 +122,8 @@ class Gateway:
                 self, control.handle, control.observe, context, client
             )
         if data is None or self.kernel_blocked is not None:
+            return "relay", None
+        if self.policy.data_policy != "client":  # the kernel cannot join two of its own
             return "relay", None
         if self.config.upstream is not None and (
             faces.client.host.version != faces.server.host.version
