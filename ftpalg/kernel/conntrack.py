@@ -242,10 +242,12 @@ class ConntrackWatcher:
         ``choose(ct_id, mark)`` (optional) decides, before the rest of a message is decoded,
         what is decoded: False skips the event, True decodes all of it, an earlier event of
         the same conntrack lends its tuples (which never change) instead of having them
-        decoded again. Raises :class:`ConntrackOverflow` after draining when the kernel
+        decoded again; so does an earlier event of the same conntrack (id and mark) in this
+        read. Raises :class:`ConntrackOverflow` after draining when the kernel
         dropped events.
         """
         events: list[CtEvent] = []
+        batch: dict[int, CtEvent] = {}  # ct_id -> its event decoded in full in this read
         lost = False
         for _ in range(self.max_messages):
             try:
@@ -269,8 +271,13 @@ class ConntrackWatcher:
                     known = True if choose is None else choose(ct_id, mark)
                     if known is False:
                         continue
-                    tuples = None if known is True else (known.orig, known.reply)
-                    events.append(decode_parsed(data, a, family_of(data, start), kind, tuples))
+                    lender = batch.get(ct_id) if known is True and ct_id else known
+                    if isinstance(lender, CtEvent) and lender.mark == mark:
+                        tuples = (lender.orig, lender.reply)
+                        ct = decode_parsed(data, a, family_of(data, start), kind, tuples)
+                    else:  # an earlier event of this read may lend them to the next ones
+                        ct = batch[ct_id] = decode_parsed(data, a, family_of(data, start), kind)
+                    events.append(ct)
                 except WireError:
                     continue  # not a conntrack of an IP family we know (none so far)
         if lost:

@@ -180,6 +180,74 @@ def _same_as_pyroute2(raw: bytes, ev: CtEvent) -> None:
             )
 
 
+class _Queued:
+    """A stand-in for the watcher's socket: these datagrams, then EAGAIN."""
+
+    def __init__(self, *datagrams: bytes) -> None:
+        self.datagrams = list(datagrams)
+
+    def recv(self, _size: int) -> bytes:
+        if not self.datagrams:
+            raise BlockingIOError
+        return self.datagrams.pop(0)
+
+
+def _watcher_reading(*datagrams: bytes) -> ConntrackWatcher:
+    watcher = ConntrackWatcher.__new__(ConntrackWatcher)
+    watcher.mark, watcher.mask, watcher.max_messages, watcher.overflows = TAG_MASK, TAG_MASK, 64, 0
+    watcher._sock = _Queued(*datagrams)  # type: ignore[assignment]
+    return watcher
+
+
+def test_read_decodes_only_what_is_chosen() -> None:
+    """read(choose): skipped events are not decoded; later events of a conntrack borrow the
+    tuples of an earlier one (the caller's, or one decoded earlier in the same read) and
+    decode to what a full decode gives."""
+    af4, af6 = socket.AF_INET, socket.AF_INET6
+    create = NLM_F_CREATE | NLM_F_EXCL
+
+    def msg(flags: int, af: int, orig: CtTuple, ident: int, mark: int, state: int) -> bytes:
+        return _ct_message(
+            IPCTNL_MSG_CT_NEW,
+            flags,
+            af,
+            orig,
+            mark=_be32(CTA_MARK, mark),
+            ident=_be32(CTA_ID, ident),
+            proto=_protoinfo(state, (0x04, 0)),
+        )
+
+    one = [
+        msg(create, af4, T4, 1, TAG, TcpState.SYN_SENT),
+        msg(0, af4, T4, 1, TAG, TcpState.ESTABLISHED),
+        msg(create, af6, T6, 2, TAG + 1, TcpState.SYN_SENT),  # not chosen
+        msg(0, af4, T4, 3, 0x1234, TcpState.ESTABLISHED),  # not tagged
+    ]
+    two = [msg(0, af4, T4, 1, TAG, TcpState.FIN_WAIT), msg(0, af6, T6, 2, TAG + 1, 3)]
+
+    def full(raw: bytes) -> CtEvent:
+        [(mtype, flags, _seq, start, end)] = list(messages(raw))
+        kind = event_kind(mtype, flags)
+        assert kind is not None
+        return decode(raw, start, end, kind)
+
+    asked: list[tuple[int, int]] = []
+
+    def choose(ct_id: int, mark: int) -> CtEvent | bool:
+        asked.append((ct_id, mark))
+        return ct_id == 1
+
+    watcher = _watcher_reading(b"".join(one), b"".join(two))
+    first = watcher.read(choose)
+    assert first == [full(one[0]), full(one[1]), full(two[0])]
+    assert first[1].orig is first[0].orig and first[2].reply is first[0].reply
+    assert asked == [(1, TAG), (1, TAG), (2, TAG + 1), (1, TAG), (2, TAG + 1)]
+    watcher = _watcher_reading(two[0])
+    [later] = watcher.read(lambda ct_id, mark: first[0] if ct_id == 1 else False)
+    assert later == full(two[0]) and later.orig is first[0].orig
+    assert _watcher_reading(*one).read() == [full(one[0]), full(one[1]), full(one[2])]
+
+
 def test_event_kinds() -> None:
     new = (1 << 8) | IPCTNL_MSG_CT_NEW
     assert event_kind(new, NLM_F_CREATE | NLM_F_EXCL) is CtKind.NEW
