@@ -125,8 +125,10 @@ def start_vsftpd(
     port: int = 21,
     ready_timeout: float = 10.0,
     tls: bool = False,
+    passive: bool = True,
 ) -> FtpServer:
     """vsftpd, anonymous only (any password): download from root, upload into upload/.
+    `passive=False`: pasv_enable=NO (PASV and EPSV refused; only active mode works).
     `tls`: explicit FTPS required for logins and data (AUTH TLS, PROT P), with vsftpd's
     default require_ssl_reuse (a data connection must resume the control one's session)."""
     binary = vsftpd_path()
@@ -157,7 +159,7 @@ def start_vsftpd(
         "ftp_username=ftp",
         "nopriv_user=ftp",
         f"secure_chroot_dir={empty}",
-        "pasv_enable=YES",
+        f"pasv_enable={'YES' if passive else 'NO'}",
         f"pasv_min_port={lo}",
         f"pasv_max_port={hi}",
         "port_enable=YES",

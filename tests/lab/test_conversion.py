@@ -1,0 +1,122 @@
+"""Data-mode conversion (issue 14, docs/conversion.md) with real clients and servers, through
+ftpalg in transparent mode on a gateway whose forward policy drops everything:
+
+- `passive-only`: vsftpd behind its own firewall (nftables output chain in the server
+  namespace rejects every connection the server would originate): active mode cannot work;
+- `active-only`: vsftpd with pasv_enable=NO: passive mode cannot work.
+
+Every client mode (curl EPSV/PASV/EPRT/PORT, lftp passive on/off, ftplib PASV/PORT), download
+and upload, sha256 checked, with data_policy = passive, active and client: with `client` the
+combinations that cannot work fail (as without ftpalg), with the policy that fits the server
+they all succeed."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.clients import CLIENT_MODES, run_transfer
+from ftpalg.lab.gateway import apply_closed_gateway
+from ftpalg.lab.netns import Lab
+from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_vsftpd
+from tests.lab.conftest import start_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+
+SIZES = {"0B": 0, "1MiB": 1 << 20}
+_names = itertools.count()
+PASSIVE_CLIENTS = {m for m, (_, passive, _) in CLIENT_MODES.items() if passive}
+
+
+@dataclass
+class Setup:
+    lab: Lab
+    alg: AlgProcess
+    policy: str
+    servers: dict[str, FtpServer]
+    files: dict[tuple[str, str], str]  # (server, size) -> sha256
+
+
+@pytest.fixture(scope="module", params=["passive", "active", "client"])
+def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
+    policy = request.param
+    lab = start_lab()
+    try:
+        apply_closed_gateway(lab)
+        a = lab.addresses
+        passive_only = start_vsftpd(lab, a.servers_v4[0])
+        active_only = start_vsftpd(lab, a.servers_v4[1], passive=False)
+        # the passive-only server's own firewall: nothing it originates gets out
+        lab.nft(
+            "srv",
+            "table inet conv_fw {\n chain out {\n  type filter hook output priority 0;\n"
+            f"  ip saddr {passive_only.address} ct state new reject with tcp reset\n }}\n}}\n",
+        )
+        servers = {"passive-only": passive_only, "active-only": active_only}
+        files = {
+            (name, size): make_file(srv.root, f"{size}.bin", n)
+            for name, srv in servers.items()
+            for size, n in SIZES.items()
+        }
+        args = ["--listen", "0.0.0.0:21", "--data-plane", "relay", "--data-policy", policy]
+        alg = start_ftpalg(lab, args)
+        yield Setup(lab, alg, policy, servers, files)
+    finally:
+        lab.close()
+
+
+def expected(policy: str, server: str, mode: str) -> bool:
+    """Converting: every client mode works against the server that fits the policy and none
+    against the other; `client`: only the client modes the server itself supports."""
+    if policy == "client":
+        if mode == "lftp-passive":  # lftp switches to active itself when PASV is refused
+            return True
+        passive = mode in PASSIVE_CLIENTS
+        return passive if server == "passive-only" else not passive
+    return server == ("passive-only" if policy == "passive" else "active-only")
+
+
+@pytest.mark.parametrize("server", ["passive-only", "active-only"])
+@pytest.mark.parametrize("mode", sorted(CLIENT_MODES))
+@pytest.mark.parametrize("upload", [False, True], ids=["down", "up"])
+def test_matrix(setup: Setup, server: str, mode: str, upload: bool, tmp_path: Path) -> None:
+    srv = setup.servers[server]
+    ok = expected(setup.policy, server, mode)
+    sizes = list(SIZES) if ok else ["1MiB"]  # a failure once is enough
+    for size in sizes:
+        if upload:
+            local = tmp_path / f"up{next(_names)}.bin"
+            digest = make_file(tmp_path, local.name, SIZES[size])
+            remote = srv.upload_path(local.name)
+            result = run_transfer(setup.lab, mode, srv.target, remote, local, True, timeout=15)
+            assert result.ok is ok, (size, result.detail)
+            if ok:
+                assert sha256_file(srv.uploaded(local.name)) == digest
+        else:
+            local = tmp_path / f"down{next(_names)}.bin"
+            result = run_transfer(setup.lab, mode, srv.target, f"{size}.bin", local, timeout=15)
+            assert result.ok is ok, (size, result.detail)
+            if ok:
+                assert result.sha256 == setup.files[(server, size)]
+                assert result.nbytes == SIZES[size]
+
+
+def test_one_converted_event_per_transfer_and_64mib(setup: Setup, tmp_path: Path) -> None:
+    if setup.policy == "client":
+        pytest.skip("nothing is converted under data_policy = client")
+    server = "passive-only" if setup.policy == "passive" else "active-only"
+    srv = setup.servers[server]
+    make_file(srv.root, "64MiB.bin", 64 << 20)
+    mode = "curl-port" if setup.policy == "passive" else "curl-epsv"
+    before = len(setup.alg.named("converted"))
+    result = run_transfer(setup.lab, mode, srv.target, "64MiB.bin", tmp_path / "big", timeout=60)
+    assert result.ok, result.detail
+    assert result.sha256 == sha256_file(srv.root / "64MiB.bin")
+    events = setup.alg.named("converted")[before:]
+    want = ("PORT", "EPSV") if setup.policy == "passive" else ("EPSV", "EPRT")
+    assert [(e["client_kind"], e["upstream_kind"]) for e in events] == [want]
