@@ -94,6 +94,7 @@ from ftpalg.core.policy import CorePolicy
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
 from ftpalg.core.tls import REFUSED, is_auth
 from ftpalg.core.wire import Address, Kind, Malformed, Match, parse_client_line, parse_server_line
+from tests.core.terminate_model import Answer, TerminateModel
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 
@@ -221,6 +222,7 @@ class Checker:
         self.last_activity = now
         self.auth: bytes | None = None  # the AUTH line forwarded (tls passthrough)
         self.opaque = False  # after the server's 234: bytes pass through unread
+        self.terminate = TerminateModel(policy.require_tls) if policy.tls == "terminate" else None
         self.seen: Counter[str] = Counter()  # what happened, for generator coverage
         self.steps = 0
         # raw-action state (independent of the model)
@@ -449,6 +451,13 @@ class Checker:
 
     def _line(self, m: _SideModel, line: bytes) -> None:
         parsed = parse(m.side, line, m.v6)
+        if parsed is None and self.terminate is not None:  # tls = terminate: terminate_model
+            if m.side is SERVER:
+                self._send(CLIENT, self.terminate.server(line), "LOSS", "the server line", m)
+                return
+            if (answer := self.terminate.client(line)) is not None:
+                self._terminate_answer(m, answer)
+                return
         if parsed is None and m.side is CLIENT and is_auth(line):
             if self.policy.tls == "refuse":
                 self.seen["tls_refused"] += 1
@@ -471,6 +480,20 @@ class Checker:
                 self._observe(MalformedReplyForwarded(parsed.kind, parsed.reason, line))
         else:
             self._address_line(m, line, parsed)
+
+    def _terminate_answer(self, m: _SideModel, answer: Answer) -> None:
+        self.seen["tls_terminate_answer"] += 1
+        self._send(CLIENT, answer.reply, "REPLY", "ftpalg's own answer (tls = terminate)")
+        for then in answer.then:
+            if isinstance(then, Observation):
+                self._observe(then)
+            else:
+                self._expect(then, "SEQUENCE", "what follows the answer (tls = terminate)")
+        if answer.secured_now:  # the client's plaintext behind AUTH: dropped unread
+            m.handled += list(m.held)
+            m.held.clear()
+            m.buf = bytearray()
+            m.partial_since = None
 
     def _go_opaque(self) -> None:
         """After the 234 answering AUTH: what each side holds is passed on raw, in order,
