@@ -76,12 +76,14 @@ class WireError(ValueError):
 def attrs(buf: bytes, start: int, end: int) -> dict[int, Span]:
     """The attributes in ``buf[start:end]``: type (flags stripped) → payload span."""
     out: dict[int, Span] = {}
+    unpack = _NLATTR.unpack_from  # the hot loop of every decode: no attribute look-ups
     while start + 4 <= end:
-        length, atype = _NLATTR.unpack_from(buf, start)
-        if length < 4 or start + length > end:
+        length, atype = unpack(buf, start)
+        stop = start + length
+        if length < 4 or stop > end:
             raise WireError(f"bad attribute length {length} at {start}")
-        out[atype & NLA_TYPE_MASK] = (start + 4, start + length)
-        start += (length + 3) & ~3
+        out[atype & 0x3FFF] = (start + 4, stop)  # NLA_TYPE_MASK
+        start = (stop + 3) & ~3
     return out
 
 
@@ -199,20 +201,25 @@ def decode_parsed(
             if fo is not None and fr is not None:
                 flags = (buf[fo[0]], buf[fr[0]])  # struct nf_ct_tcp_flags {flags, mask}
 
-    def be32(key: int) -> int | None:
-        return _BE32.unpack_from(buf, a[key][0])[0] if key in a else None
-
+    be32 = _BE32.unpack_from
+    span = a.get(CTA_ID)
+    ct_id = be32(buf, span[0])[0] if span is not None else 0
+    span = a.get(CTA_MARK)
+    mark = be32(buf, span[0])[0] if span is not None else 0
+    span = a.get(CTA_STATUS)
+    status = be32(buf, span[0])[0] if span is not None else None
+    span, rspan = a.get(CTA_COUNTERS_ORIG), a.get(CTA_COUNTERS_REPLY)
     return CtEvent(
-        kind=kind,
-        ct_id=be32(CTA_ID) or 0,
-        mark=be32(CTA_MARK) or 0,
-        orig=orig,
-        reply=reply,
-        tcp_state=state,
-        orig_counters=_counters(buf, a[CTA_COUNTERS_ORIG]) if CTA_COUNTERS_ORIG in a else None,
-        reply_counters=_counters(buf, a[CTA_COUNTERS_REPLY]) if CTA_COUNTERS_REPLY in a else None,
-        status=be32(CTA_STATUS),
-        tcp_flags=flags,
+        kind,
+        ct_id,
+        mark,
+        orig,
+        reply,
+        state,
+        _counters(buf, span) if span is not None else None,
+        _counters(buf, rspan) if rspan is not None else None,
+        status,
+        flags,
     )
 
 
