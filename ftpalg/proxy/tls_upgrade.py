@@ -3,11 +3,12 @@
 How this works. The core sends `234` and then `StartTls(CLIENT)` (core/tls_terminate.py);
 the `234` is already written when this runs. Reading stops at once (the ClientHello must not
 reach the plain protocol), and `loop.start_tls` (uvloop too) runs the server-side handshake
-with the session's context, within `HANDSHAKE_TIMEOUT`. Meanwhile the half's transport is a
-stand-in that keeps what the session writes to the client (a server reply that came in the
-meantime) and what it asks of reading; the TLS transport takes over all of it. A handshake
-that fails (garbage instead of a ClientHello, a timeout, an alert) ends the session with one
-log line; other sessions are not affected.
+with the session's context, within `HANDSHAKE_TIMEOUT` (or the line timeout when that is
+shorter: a handshake is the next thing the client owes, like a command line). Meanwhile the
+half's transport is a stand-in that keeps what the session writes to the client (a server
+reply that came in the meantime) and what it asks of reading; the TLS transport takes over
+all of it. A handshake that fails (garbage instead of a ClientHello, a timeout, an alert)
+ends the session with one log line; other sessions are not affected.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ async def _handshake(
     context: ssl.SSLContext,
 ) -> None:
     try:
+        timeout = min(HANDSHAKE_TIMEOUT, control.core.policy.line_timeout)
         new = await control.loop.start_tls(
-            raw, half, context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            raw, half, context, server_side=True, ssl_handshake_timeout=timeout
         )
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
         raw.close()

@@ -168,6 +168,31 @@ def test_garbage_and_a_stalled_handshake_lose_only_their_session(site: Site) -> 
     assert ftplib_run(site, "P")["sha256"] == site.digest  # others unaffected
 
 
+def test_a_stalled_handshake_times_out(site: Site) -> None:
+    """A client that sends AUTH TLS and then nothing is closed after the line timeout."""
+    lab, server = site.lab, site.server
+    site.alg.stop()
+    alg = start_alg(lab, site.host, str(server.address), site.cert, site.key, "--line-timeout", "2")
+    try:
+        cmd = (
+            "import socket, sys, time\n"
+            "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)\n"
+            "s.recv(1024); s.sendall(b'AUTH TLS\\r\\n'); print(s.recv(1024)[:3].decode())\n"
+            "t = time.monotonic(); rest = s.recv(1024)\n"
+            "print(repr(rest), round(time.monotonic() - t))\n"
+        )
+        run = lab.run("srv", [sys.executable, "-c", cmd, site.host, str(PORT)], timeout=30)
+        lines = run.stdout.splitlines()
+        assert lines[0] == "234", run.stdout + run.stderr
+        rest, seconds = lines[1].split()
+        assert rest == "b''" and 1 <= int(seconds) <= 5, lines
+        assert len(alg.named("tls_handshake_failed")) == 1
+        assert ftplib_run(site, "P")["sha256"] == site.digest  # others unaffected
+    finally:
+        alg.stop()
+        site.alg = start_alg(lab, site.host, str(server.address), site.cert, site.key)
+
+
 def test_require_tls_refuses_a_plain_login(site: Site) -> None:
     lab, server = site.lab, site.server
     site.alg.stop()
