@@ -3,7 +3,8 @@ ftpalg in transparent mode on a gateway whose forward policy drops everything:
 
 - `passive-only`: vsftpd behind its own firewall (nftables output chain in the server
   namespace rejects every connection the server would originate): active mode cannot work;
-- `active-only`: vsftpd with pasv_enable=NO: passive mode cannot work.
+- `active-only`: vsftpd with pasv_enable=NO: passive mode cannot work;
+- `rfc959`: pyftpdlib without EPSV/EPRT (500): ftpalg falls back to PASV/PORT.
 
 Every client mode (curl EPSV/PASV/EPRT/PORT, lftp passive on/off, ftplib PASV/PORT), download
 and upload, sha256 checked, with data_policy = passive, active and client: with `client` the
@@ -23,6 +24,7 @@ from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.clients import CLIENT_MODES, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.netns import Lab
+from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_vsftpd
 from tests.lab.conftest import start_lab
 
@@ -51,13 +53,14 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
         a = lab.addresses
         passive_only = start_vsftpd(lab, a.servers_v4[0])
         active_only = start_vsftpd(lab, a.servers_v4[1], passive=False)
+        rfc959 = start_rfc959(lab, a.servers_v4[2])  # before the firewall (its ready check)
         # the passive-only server's own firewall: nothing it originates gets out
         lab.nft(
             "srv",
             "table inet conv_fw {\n chain out {\n  type filter hook output priority 0;\n"
             f"  ip saddr {passive_only.address} ct state new reject with tcp reset\n }}\n}}\n",
         )
-        servers = {"passive-only": passive_only, "active-only": active_only}
+        servers = {"passive-only": passive_only, "active-only": active_only, "rfc959": rfc959}
         files = {
             (name, size): make_file(srv.root, f"{size}.bin", n)
             for name, srv in servers.items()
@@ -72,7 +75,11 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
 
 def expected(policy: str, server: str, mode: str) -> bool:
     """Converting: every client mode works against the server that fits the policy and none
-    against the other; `client`: only the client modes the server itself supports."""
+    against the other; `client`: only the client modes the server itself supports. The
+    RFC 959 server (no EPSV/EPRT) works for all: ftpalg falls back to PASV/PORT, and so do
+    the clients themselves under `client`."""
+    if server == "rfc959":
+        return True
     if policy == "client":
         if mode == "lftp-passive":  # lftp switches to active itself when PASV is refused
             return True
@@ -81,7 +88,7 @@ def expected(policy: str, server: str, mode: str) -> bool:
     return server == ("passive-only" if policy == "passive" else "active-only")
 
 
-@pytest.mark.parametrize("server", ["passive-only", "active-only"])
+@pytest.mark.parametrize("server", ["passive-only", "active-only", "rfc959"])
 @pytest.mark.parametrize("mode", sorted(CLIENT_MODES))
 @pytest.mark.parametrize("upload", [False, True], ids=["down", "up"])
 def test_matrix(setup: Setup, server: str, mode: str, upload: bool, tmp_path: Path) -> None:
@@ -120,3 +127,18 @@ def test_one_converted_event_per_transfer_and_64mib(setup: Setup, tmp_path: Path
     events = setup.alg.named("converted")[before:]
     want = ("PORT", "EPSV") if setup.policy == "passive" else ("EPSV", "EPRT")
     assert [(e["client_kind"], e["upstream_kind"]) for e in events] == [want]
+
+
+def test_the_rfc959_server_gets_pasv_or_port_after_refusing_the_extended_command(
+    setup: Setup, tmp_path: Path
+) -> None:
+    if setup.policy == "client":
+        pytest.skip("nothing is converted under data_policy = client")
+    srv = setup.servers["rfc959"]
+    mode = "curl-port" if setup.policy == "passive" else "curl-epsv"
+    before = len(setup.alg.named("converted"))
+    for _ in range(2):  # two sessions: each falls back by itself
+        result = run_transfer(setup.lab, mode, srv.target, "1MiB.bin", tmp_path / "f", timeout=15)
+        assert result.ok, result.detail
+    kinds = [e["upstream_kind"] for e in setup.alg.named("converted")[before:]]
+    assert kinds == ["PASV" if setup.policy == "passive" else "PORT"] * 2
