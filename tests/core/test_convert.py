@@ -190,3 +190,10 @@ def test_a_thief_on_the_client_listener_is_refused() -> None:
 def test_the_client_policy_changes_nothing() -> None:
     pb = Playbook()
     assert pb.session.conv is None
+
+
+def test_the_config_offers_exactly_the_core_policies() -> None:
+    from ftpalg.core.convert import POLICIES
+    from ftpalg.ops.config import DATA_POLICIES
+
+    assert DATA_POLICIES == POLICIES
