@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
-from ftpalg.lab.clients import CLIENT_MODES, run_transfer
+from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.rfc959_server import start_rfc959
@@ -142,3 +142,45 @@ def test_the_rfc959_server_gets_pasv_or_port_after_refusing_the_extended_command
         assert result.ok, result.detail
     kinds = [e["upstream_kind"] for e in setup.alg.named("converted")[before:]]
     assert kinds == ["PASV" if setup.policy == "passive" else "PORT"] * 2
+
+
+@dataclass
+class Reverse:
+    lab: Lab
+    srv: FtpServer
+    target: FtpTarget
+    digest: str
+
+
+@pytest.fixture(scope="module", params=["passive", "active"])
+def reverse(request: pytest.FixtureRequest) -> Iterator[Reverse]:
+    """Reverse mode: ftpalg is the server's public face (clients outside, the server inside);
+    the server supports only the mode the policy converts to."""
+    policy = request.param
+    lab = start_lab()
+    lab.server_role, lab.client_role = "cli", "srv"
+    try:
+        apply_closed_gateway(lab)
+        a = lab.addresses
+        srv = start_vsftpd(lab, a.client_v4, passive=policy == "passive")
+        digest = make_file(srv.root, "f.bin", 3 << 20)
+        if policy == "passive":  # and it cannot connect out
+            lab.nft(
+                "cli",
+                "table inet conv_fw {\n chain out {\n  type filter hook output priority 0;\n"
+                f"  ip saddr {a.client_v4} ct state new reject with tcp reset\n }}\n}}\n",
+            )
+        args = ["--listen", f"{a.gw_outside_v4}:21", "--upstream", f"{a.client_v4}:21"]
+        start_ftpalg(lab, [*args, "--data-policy", policy])
+        yield Reverse(lab, srv, FtpTarget(a.gw_outside_v4, 21), digest)
+    finally:
+        lab.close()
+
+
+@pytest.mark.parametrize("mode", sorted(CLIENT_MODES))
+def test_reverse_mode_converts_for_every_client(
+    reverse: Reverse, mode: str, tmp_path: Path
+) -> None:
+    result = run_transfer(reverse.lab, mode, reverse.target, "f.bin", tmp_path / "f", timeout=20)
+    assert result.ok, result.detail
+    assert result.sha256 == reverse.digest
