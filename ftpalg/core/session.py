@@ -194,9 +194,12 @@ class Session:
 
     def _drain(self, side: Side, now: float, out: list[Action]) -> None:
         direction = self.sides[side]
-        if self.conv is not None and side is CLIENT and not self.closed:
-            self.conv.check_abort(direction, out)
-        while direction.held and not self._blocked(side) and not self.closed:
+        conv = self.conv if side is CLIENT else None
+        while direction.held and not self.closed:
+            if conv is not None:  # an ABOR behind a held transfer command cancels it
+                conv.check_abort(direction, out)
+            if self._blocked(side):
+                break
             offset, line = direction.take()
             self._line(side, offset, line, out)
         if direction.held or self._blocked(side):

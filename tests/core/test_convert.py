@@ -197,3 +197,12 @@ def test_the_config_offers_exactly_the_core_policies() -> None:
     from ftpalg.ops.config import DATA_POLICIES
 
     assert DATA_POLICIES == POLICIES
+
+
+def test_abor_pipelined_behind_the_transfer_cancels_it_at_once() -> None:
+    pb = converting("passive")
+    pb >> client(PORT) << [PORT_200]
+    aborted = Send(CLIENT, b"426 Connection closed; transfer aborted.\r\n")
+    out = [Send(SERVER, b"EPSV\r\n"), aborted, Send(SERVER, b"ABOR\r\n")]
+    pb >> client(RETR + b"ABOR\r\n") << out
+    pb >> server(EPSV_229) << []  # the answer to ftpalg's own EPSV: swallowed, nothing dialed
