@@ -38,7 +38,7 @@ import errno as errno_mod
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from ftpalg.kernel.errors import KernelSetupError
@@ -172,6 +172,42 @@ class SetElements:
         self._rbuf = bytearray(65536)
         self._set_attrs: dict[str, bytes] = {}
         self.destroy_supported: bool | None = None  # NFT_MSG_DESTROYSETELEM; probed once
+        self._deferred: list[tuple[list[ElementOp], Callable[[KernelSetupError], None]]] = []
+
+    @property
+    def deferred(self) -> int:
+        """Operations waiting for the next transaction (:meth:`defer`)."""
+        return sum(len(ops) for ops, _ in self._deferred)
+
+    def defer(self, ops: Iterable[ElementOp], on_error: Callable[[KernelSetupError], None]) -> None:
+        """Apply ``ops`` at the front of the next transaction (:meth:`apply`) or at
+        :meth:`flush`, whichever comes first: one transaction less for operations that may
+        wait. Should the joint transaction fail, each part is applied on its own, so a
+        deferred part never fails the caller's; its own failure goes to ``on_error``."""
+        self._deferred.append((list(ops), on_error))
+
+    def flush(self) -> None:
+        """Apply what :meth:`defer` holds now (failures to their ``on_error``)."""
+        self._apply_deferred(self._take_deferred())
+
+    def _take_deferred(self) -> list[tuple[list[ElementOp], Callable[[KernelSetupError], None]]]:
+        held, self._deferred = self._deferred, []
+        return held
+
+    def _apply_deferred(
+        self, held: list[tuple[list[ElementOp], Callable[[KernelSetupError], None]]]
+    ) -> None:
+        if len(held) > 1:
+            try:
+                self._apply([op for ops, _ in held for op in ops])
+                return
+            except NfnlError:  # whose? each part on its own
+                pass
+        for ops, on_error in held:
+            try:
+                self._apply(ops)
+            except KernelSetupError as exc:
+                on_error(exc)
 
     def add(
         self,
@@ -197,8 +233,21 @@ class SetElements:
         self.apply(pending.ops)
 
     def apply(self, ops: Iterable[ElementOp]) -> None:
-        """Apply ``ops`` in order as one transaction: all of them, or none and NfnlError."""
-        todo = given = list(ops)
+        """Apply ``ops`` in order as one transaction: all of them, or none and NfnlError.
+
+        Deferred operations (:meth:`defer`) go first, in the same transaction."""
+        given = list(ops)
+        held = self._take_deferred()
+        if held:
+            try:
+                self._apply([*(op for part, _ in held for op in part), *given])
+                return
+            except NfnlError:  # whose? each part on its own, in the same order
+                self._apply_deferred(held)
+        self._apply(given)
+
+    def _apply(self, given: list[ElementOp]) -> None:
+        todo = given
         if self.destroy_supported is None and any(op.kind == "remove" for op in todo):
             self.destroy_supported = self._probe_destroy()
         while todo:

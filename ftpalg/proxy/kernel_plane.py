@@ -72,6 +72,9 @@ class _Running:
     first: CtEvent
 
 
+CLOSE_DELAY = 0.5  # seconds the leftover elements of a used pinhole may wait (unregister)
+
+
 class KernelData:
     def __init__(self, observe: Observer, table: str = "ftpalg") -> None:
         """Opens the netlink sockets (as root, before privileges are dropped)."""
@@ -93,6 +96,8 @@ class KernelData:
         self.pinholes: dict[int, _Open] = {}
         self.keys: set[tuple[object, ...]] = set()
         self.running: dict[int, _Running] = {}  # conntrack id -> the connection
+        self._used: set[int] = set()  # pinholes that admitted their connection, still open
+        self._flush: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -115,6 +120,9 @@ class KernelData:
             self._finish(ct_id, self.running[ct_id].first, error="gateway shutting down")
         for pid in list(self.pinholes):
             self.unregister(pid)
+        if self._flush is not None:
+            self._flush.cancel()
+        self._flush_closes()
         if self.loop is not None:
             self.loop.remove_reader(self.watcher.fileno())
             if self.segments is not None:
@@ -133,16 +141,38 @@ class KernelData:
         return (next(self._ids) - 1) % 0x7FFFFFFF + 1
 
     def unregister(self, pid: int) -> None:
+        """Remove a pinhole's elements: at once while it may still admit a connection; once
+        it has admitted one (its gate element is gone: the first SYN deleted it), with the
+        next pinhole's transaction or within `CLOSE_DELAY`, whichever comes first (one
+        nf_tables transaction per data connection instead of two)."""
         entry = self.pinholes.pop(pid, None)
         if entry is None:
             return
         self.keys.discard(entry.pinhole.key)
         if entry.hold is not None:
             entry.hold.close()
+
+        def failed(exc: KernelSetupError) -> None:  # they time out with the expectation anyway
+            self.observe(Failed(Fault.INTERNAL, f"pinhole {pid} close: {exc}"))
+
+        if pid in self._used and self.loop is not None:
+            self._used.discard(pid)
+            self.elements.defer(close_ops(entry.pinhole), failed)
+            if self._flush is None:
+                self._flush = self.loop.call_later(CLOSE_DELAY, self._flush_closes)
+            return
+        self._used.discard(pid)
         try:
             self.elements.apply(close_ops(entry.pinhole))
-        except KernelSetupError as exc:  # the elements time out with the expectation anyway
-            self.observe(Failed(Fault.INTERNAL, f"pinhole {pid} close: {exc}"))
+        except KernelSetupError as exc:
+            failed(exc)
+
+    def _flush_closes(self) -> None:
+        self._flush = None
+        try:
+            self.elements.flush()
+        except KernelSetupError as exc:  # the socket itself failed
+            self.observe(Failed(Fault.INTERNAL, f"pinhole close: {exc}"))
 
     # ---- events -------------------------------------------------------------------------
 
@@ -207,6 +237,7 @@ class KernelData:
         if entry is None:
             return False
         conn = entry.plane.host_conn_id()
+        self._used.add(entry.pinhole.pinhole_id)  # its gate admitted this one and is gone
         self.running[ct.ct_id] = _Running(entry.plane, conn, self.now(), ct)
         peer = Endpoint(ip_address(ct.orig.src), ct.orig.sport)
         entry.plane.feed(DataAccepted(entry.listener, conn, peer))

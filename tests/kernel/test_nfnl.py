@@ -314,6 +314,53 @@ def test_duplicate_key_with_other_value_raises_and_aborts_the_transaction(lab: A
 
 
 @pytest.mark.lab
+def test_deferred_operations_join_the_next_transaction(lab: Any) -> None:
+    """defer(): the ops go first in the next transaction (one send), or at flush(); a failing
+    deferred part never fails the caller's operations, it goes to its own on_error."""
+    ns, el = _ns(lab)
+    key, other = (C4, S4, Port(40001)), (C4, S4, Port(40002))
+    errors: list[KernelSetupError] = []
+    sends = 0
+    with el:
+        real_send = el._sock.send
+
+        def send(data: bytes) -> int:
+            nonlocal sends
+            sends += 1
+            return real_send(data)
+
+        el._sock = _SendCounter(el._sock, send)  # type: ignore[assignment]
+        el.remove("pasv4", other)  # the one-time DESTROYSETELEM probe happens here
+        el.add("pasv4", key, (Mark(7),))
+        el.defer([ElementOp.remove("pasv4", key)], errors.append)
+        assert el.deferred == 1 and 7 in _listing_values(lab, ns)  # still there
+        sends = 0
+        el.add("pasv4", key, (Mark(8),))  # the remove first: a replacement, one transaction
+        assert (sends, el.deferred, _listing_values(lab, ns)) == (1, 0, [8])
+        el.defer([ElementOp.remove("pasv4", key)], errors.append)
+        el.flush()
+        assert (el.deferred, _listing_values(lab, ns), errors) == (0, [], [])
+        el.defer([ElementOp.add("nosuch", key)], errors.append)  # fails the joint transaction
+        el.add("pasv4", other, (Mark(9),))
+        assert _listing_values(lab, ns) == [9]
+        assert len(errors) == 1 and "nosuch" in str(errors[0])
+        el.flush()  # nothing held: nothing sent
+        assert el.deferred == 0
+
+
+class _SendCounter:
+    def __init__(self, sock: Any, send: Any) -> None:
+        self._sock, self.send = sock, send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _listing_values(lab: Any, ns: str) -> list[Any]:
+    return sorted(v["value"] for v in _listing(lab, ns, "pasv4").values())
+
+
+@pytest.mark.lab
 def test_kernel_errors_name_operation_set_and_errno(lab: Any) -> None:
     ns, el = _ns(lab)
     with el:
