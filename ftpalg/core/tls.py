@@ -43,6 +43,11 @@ class TlsControl:
         self.opaque = False
         self.terminate = Terminate(require_tls) if mode == "terminate" else None
 
+    def implicit(self) -> None:
+        """Implicit FTPS (terminate): the client's connection was TLS from its first byte."""
+        assert self.terminate is not None
+        self.terminate.secured = self.terminate.pbsz = True
+
     def client_line(self, line: bytes, out: list[Action], client: Direction) -> bool:
         """True when ftpalg answered the line itself (AUTH under `refuse`; AUTH, PBSZ, PROT
         and more under `terminate`)."""

@@ -100,6 +100,7 @@ class Config:
     tls_cert: str | None = None  # terminate: the certificate chain (PEM)
     tls_key: str | None = None  # terminate: its private key (PEM)
     require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
+    listen_implicit: tuple[Endpoint, ...] = ()  # terminate: implicit FTPS (TLS at once)
     data_policy: DataPolicy = "client"  # data-mode conversion (docs/conversion.md)
     expect_timeout: float = 300.0
     max_sessions: int = 1000
@@ -139,6 +140,9 @@ class Config:
             raise ConfigError(f"data_ports: {msg}", key="data_ports")
         if self.tls == "terminate" and (self.tls_cert is None or self.tls_key is None):
             raise ConfigError("tls: terminate needs tls_cert and tls_key (PEM files)", key="tls")
+        if self.listen_implicit and self.tls != "terminate":
+            msg = "needs tls = terminate (ftpalg is the TLS server there)"
+            raise ConfigError(f"listen_implicit: {msg}", key="listen_implicit")
         if self.tls == "terminate" and self.upstream is None:
             raise ConfigError("tls: terminate needs reverse mode (upstream)", key="tls")
         if self.announce_address and self.upstream is None:
@@ -175,6 +179,7 @@ _SPECS: dict[str, _Spec] = {
     "tls_cert": _Spec(str_then(check_path), optional(check_path)),
     "tls_key": _Spec(str_then(check_path), optional(check_path)),
     "require_tls": _BOOL,
+    "listen_implicit": _Spec(strings(parse_endpoint), unique),
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
     "kernel_setup": _BOOL,
@@ -336,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg(parse_endpoint),
         help="accept control connections here; repeatable, IPv6 as [::]:21; "
         "replaces the config file's list (default 0.0.0.0:21)",
+    )
+    add(
+        "--listen-implicit",
+        dest="listen_implicit",
+        metavar="HOST:PORT",
+        action="append",
+        type=_arg(parse_endpoint),
+        help="tls terminate: accept implicit FTPS here (TLS from the first byte, usually "
+        "port 990); repeatable (default: none)",
     )
     add(
         "--upstream",

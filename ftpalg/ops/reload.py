@@ -30,6 +30,7 @@ from ftpalg.ops.config import Config, ConfigError, build_config, build_parser, l
 
 RESTART_ONLY = (
     "listen",
+    "listen_implicit",
     "upstream",
     "kernel_setup",
     "tproxy_mark",

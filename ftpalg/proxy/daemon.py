@@ -31,7 +31,7 @@ from ftpalg.proxy.sockets import make_listener
 def bind_listeners(config: Config) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
-        for ep in config.listen:
+        for ep in (*config.listen, *config.listen_implicit):  # implicit FTPS: gateway.py
             sock = make_listener(ep.host, ep.port, transparent=config.transparent, backlog=1024)
             sock.setblocking(False)
             sockets.append(sock)

@@ -46,6 +46,7 @@ from ftpalg.proxy.sockets import (
     watch_local_addresses,
 )
 from ftpalg.proxy.tls_plane import TlsRelayPlane
+from ftpalg.proxy.tls_upgrade import implicit_tls
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
@@ -266,10 +267,10 @@ class Gateway:
         plane, make_plane = self._plane_factory(faces)  # chosen once: the log says what carries
         observe = observe.bind(data_plane=plane)
         control = ControlSession(self, core, observe, make_plane)
+        tls = implicit_tls(self.config, faces.server_face, core, control)  # implicit FTPS
+        half = HalfProtocol(None, Side.CLIENT)  # kept: uvloop returns its own SSLProtocol
         try:
-            _, half = await self.loop.connect_accepted_socket(
-                lambda: HalfProtocol(None, Side.CLIENT), sock=conn
-            )
+            await self.loop.connect_accepted_socket(lambda: half, sock=conn, **tls)
         except OSError as exc:
             up_sock.close()
             return self._client_gone(conn, faces.client, "session", exc)

@@ -17,10 +17,13 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from ftpalg.core.messages import Side
+from ftpalg.core.messages import Endpoint, Side
+from ftpalg.ops.config import Config
+from ftpalg.proxy import tls_context
 from ftpalg.proxy.tls_context import HANDSHAKE_TIMEOUT
 
 if TYPE_CHECKING:
+    from ftpalg.core.session import Session
     from ftpalg.proxy.control import ControlSession, HalfProtocol
 
 
@@ -105,3 +108,24 @@ async def _handshake(
         transport.close()
     elif not stand_in.reading:
         transport.pause_reading()
+
+
+def implicit_tls(
+    config: Config, local: Endpoint, core: Session, control: ControlSession
+) -> dict[str, Any]:
+    """Implicit FTPS: a connection to a `listen_implicit` address is TLS from its first byte.
+    The session starts secured (no AUTH, PBSZ 0 implied), its data connections TLS until a
+    `PROT C`; the returned arguments make `connect_accepted_socket` run the handshake before
+    the banner. Anything else: no arguments."""
+    if not any(
+        ep.port == local.port and (ep.host.is_unspecified or ep.host == local.host)
+        for ep in config.listen_implicit
+    ):
+        return {}
+    core.tls.implicit()
+    if (protect := getattr(control.plane, "protect", None)) is not None:
+        protect(True)
+    return {
+        "ssl": tls_context.context_for(config),
+        "ssl_handshake_timeout": min(HANDSHAKE_TIMEOUT, config.line_timeout),
+    }

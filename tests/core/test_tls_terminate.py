@@ -9,7 +9,7 @@ from ftpalg.core import tls_terminate as T
 from ftpalg.core.messages import OpenListener, ProtectData, Send, StartTls
 from ftpalg.core.observations import TlsTerminated
 from ftpalg.core.policy import CorePolicy
-from tests.core.harness import CLIENT, FACES_V4, SERVER
+from tests.core.harness import CLIENT, FACES_V4, SERVER, new_session
 from tests.core.playbook import Playbook, client, server
 
 F = FACES_V4
@@ -77,3 +77,14 @@ def test_address_lines_are_still_rewritten() -> None:
     pasv = b"227 Entering Passive Mode (172,20,9,80,195,80).\r\n"
     actions = pb.session.receive(SERVER, pasv, 0.0)
     assert isinstance(actions[0], OpenListener) and actions[0].host == F.server_face.host
+
+
+def test_implicit_ftps_starts_secured() -> None:
+    """A `listen_implicit` connection is TLS from its first byte (the adapter's handshake):
+    no AUTH, PBSZ implied; PROT answered; a later AUTH is a second one."""
+    session = new_session(policy=CorePolicy(tls="terminate", require_tls=True))
+    session.tls.implicit()
+    assert session.receive(CLIENT, b"USER a\r\n", 0.0) == [Send(SERVER, b"USER a\r\n")]
+    prot = session.receive(CLIENT, b"PROT C\r\n", 0.0)
+    assert prot == [Send(CLIENT, T.PROT_OK), ProtectData(False)]
+    assert session.receive(CLIENT, AUTH, 0.0) == [Send(CLIENT, T.AUTH_AGAIN)]

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 SIZE = 2 << 20
 PORT = 2121
+IMPLICIT = 990
 
 FTPLIB = """
 import ftplib, hashlib, json, ssl, sys
@@ -83,6 +84,7 @@ class Site:
 
 def start_alg(lab: Lab, host: str, upstream: str, cert: Path, key: Path, *more: str) -> AlgProcess:
     args = ["--listen", f"{host}:{PORT}", "--upstream", f"{upstream}:{PORT}"]
+    args += ["--listen-implicit", f"{host}:{IMPLICIT}"]
     args += ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key), *more]
     return start_ftpalg(lab, args)
 
@@ -106,7 +108,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def curl(site: Site, args: list[str]) -> bool:
     argv = ["curl", "-sS", "--ssl-reqd", "-k", "--max-time", "30", *args]
-    return site.lab.run("srv", argv, timeout=40).returncode == 0
+    run = site.lab.run("srv", argv, timeout=40)
+    print(run.stderr)  # shown when the test fails
+    return run.returncode == 0
 
 
 def ftplib_run(site: Site, prot: str) -> dict[str, str]:
@@ -145,6 +149,30 @@ def test_terminate_with_every_client(site: Site, tmp_path: Path) -> None:
     for verb in ("AUTH", "PBSZ", "PROT"):
         assert f'"{verb}' not in seen, seen[-2000:]
     assert "RETR" in seen and "STOR" in seen  # the plain commands did arrive
+
+
+def test_implicit_ftps(site: Site, tmp_path: Path) -> None:
+    """curl's ftps:// is implicit FTPS: TLS from the first byte on port 990, no AUTH."""
+    mark, before = site.alg.mark(), site.server.log_text()
+    url = f"ftps://{site.host}:{IMPLICIT}"
+    assert curl(site, ["-o", str(tmp_path / "i.bin"), f"{url}/f.bin"])
+    assert sha256_file(tmp_path / "i.bin") == site.digest
+    up = make_file(tmp_path, "iu.bin", SIZE + 3, seed=23)
+    target = f"{url}/{site.server.upload_path('iu.bin')}"
+    assert curl(site, ["-T", str(tmp_path / "iu.bin"), target])
+    assert sha256_file(site.server.uploaded("iu.bin")) == up
+    assert not site.alg.named("tls_terminate", since=mark)  # no AUTH was needed
+    time.sleep(0.5)
+    seen = site.server.log_text()[len(before) :]
+    assert "RETR" in seen and '"AUTH' not in seen and '"PROT' not in seen
+    # a plain client on the implicit port gets no banner in clear
+    cmd = (
+        "import socket, sys\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n"
+        "s.sendall(b'USER anonymous\\r\\n'); print(repr(s.recv(1024)[:3]))\n"
+    )
+    run = site.lab.run("srv", [sys.executable, "-c", cmd, site.host, str(IMPLICIT)], timeout=20)
+    assert "220" not in run.stdout, run.stdout
 
 
 def test_prot_c_carries_plain_data(site: Site) -> None:
