@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 SIZES = {"0B": 0, "1MiB": 1 << 20}
 _names = itertools.count()
+V4_ONLY = {"curl-pasv", "curl-port", "ftplib-pasv", "ftplib-port"}
 PASSIVE_CLIENTS = {m for m, (_, passive, _) in CLIENT_MODES.items() if passive}
 
 
@@ -54,19 +55,24 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
         passive_only = start_vsftpd(lab, a.servers_v4[0])
         active_only = start_vsftpd(lab, a.servers_v4[1], passive=False)
         rfc959 = start_rfc959(lab, a.servers_v4[2])  # before the firewall (its ready check)
+        passive_v6 = start_vsftpd(lab, a.servers_v6[0])
+        active_v6 = start_vsftpd(lab, a.servers_v6[1], passive=False)
         # the passive-only server's own firewall: nothing it originates gets out
         lab.nft(
             "srv",
             "table inet conv_fw {\n chain out {\n  type filter hook output priority 0;\n"
-            f"  ip saddr {passive_only.address} ct state new reject with tcp reset\n }}\n}}\n",
+            f"  ip saddr {passive_only.address} ct state new reject with tcp reset\n"
+            f"  ip6 saddr {passive_v6.address} ct state new reject with tcp reset\n }}\n}}\n",
         )
         servers = {"passive-only": passive_only, "active-only": active_only, "rfc959": rfc959}
+        servers |= {"passive-only-v6": passive_v6, "active-only-v6": active_v6}
         files = {
             (name, size): make_file(srv.root, f"{size}.bin", n)
             for name, srv in servers.items()
             for size, n in SIZES.items()
         }
-        args = ["--listen", "0.0.0.0:21", "--data-plane", "relay", "--data-policy", policy]
+        args = ["--listen", "0.0.0.0:21", "--listen", "[::]:21", "--data-plane", "relay"]
+        args += ["--data-policy", policy]
         alg = start_ftpalg(lab, args)
         yield Setup(lab, alg, policy, servers, files)
     finally:
@@ -88,12 +94,16 @@ def expected(policy: str, server: str, mode: str) -> bool:
     return server == ("passive-only" if policy == "passive" else "active-only")
 
 
-@pytest.mark.parametrize("server", ["passive-only", "active-only", "rfc959"])
+@pytest.mark.parametrize(
+    "server", ["passive-only", "active-only", "rfc959", "passive-only-v6", "active-only-v6"]
+)
 @pytest.mark.parametrize("mode", sorted(CLIENT_MODES))
 @pytest.mark.parametrize("upload", [False, True], ids=["down", "up"])
 def test_matrix(setup: Setup, server: str, mode: str, upload: bool, tmp_path: Path) -> None:
     srv = setup.servers[server]
-    ok = expected(setup.policy, server, mode)
+    if server.endswith("-v6") and mode in V4_ONLY:
+        pytest.skip("PASV and PORT carry IPv4 addresses only")
+    ok = expected(setup.policy, server.removesuffix("-v6"), mode)
     sizes = list(SIZES) if ok else ["1MiB"]  # a failure once is enough
     for size in sizes:
         if upload:
