@@ -7,6 +7,10 @@ generated runs keep it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from ftpalg.core.messages import (
     CloseListener,
     DataAccepted,
@@ -206,3 +210,18 @@ def test_abor_pipelined_behind_the_transfer_cancels_it_at_once() -> None:
     out = [Send(SERVER, b"EPSV\r\n"), aborted, Send(SERVER, b"ABOR\r\n")]
     pb >> client(RETR + b"ABOR\r\n") << out
     pb >> server(EPSV_229) << []  # the answer to ftpalg's own EPSV: swallowed, nothing dialed
+
+
+def test_data_policy_from_file_and_flag_reaches_the_core_policy(tmp_path: Path) -> None:
+    from ftpalg.ops.config import ConfigError, build_config
+    from ftpalg.proxy.gateway import core_policy
+
+    path = tmp_path / "ftpalg.toml"
+    path.write_text('data_policy = "EPSV"\n')
+    config, _ = build_config(["--config", str(path)])
+    assert core_policy(config).data_policy == "EPSV"
+    config, _ = build_config(["--config", str(path), "--data-policy", "active"])
+    assert core_policy(config).data_policy == "active"
+    path.write_text('data_policy = "epsv"\n')  # the names are exact, as in mod_proxy
+    with pytest.raises(ConfigError):
+        build_config(["--config", str(path)])
