@@ -194,3 +194,45 @@ def test_reverse_mode_converts_for_every_client(
     result = run_transfer(reverse.lab, mode, reverse.target, "f.bin", tmp_path / "f", timeout=20)
     assert result.ok, result.detail
     assert result.sha256 == reverse.digest
+
+
+REST_AND_ABOR = r"""
+import ftplib, hashlib, sys
+host, name, digest = sys.argv[1], sys.argv[2], sys.argv[3]
+ftp = ftplib.FTP(host, timeout=15)
+ftp.login()
+ftp.set_pasv(sys.argv[4] == "pasv")
+ftp.voidcmd("TYPE I")
+whole = bytearray()
+ftp.retrbinary("RETR " + name, whole.extend)
+assert hashlib.sha256(whole).hexdigest() == digest
+tail = bytearray()
+ftp.retrbinary("RETR " + name, tail.extend, rest=1000)  # REST 1000 first
+assert bytes(tail) == bytes(whole[1000:]), len(tail)
+conn = ftp.transfercmd("RETR " + name)  # ABOR in the middle of a transfer
+conn.recv(1000)
+conn.close()
+replies = [ftp.abort()]  # the transfer's 426 (or 226 if it had finished) ...
+ftp.putcmd("NOOP")
+while not replies[-1].startswith("200"):  # ... the ABOR's own 225/226, then NOOP's 200
+    replies.append(ftp.getmultiline())
+codes = [r[:3] for r in replies]
+assert codes[0] in ("426", "226") and codes[1] in ("225", "226") and len(codes) == 3, replies
+again = bytearray()
+ftp.retrbinary("RETR " + name, again.extend)
+assert hashlib.sha256(again).hexdigest() == digest
+ftp.quit()
+print("ok")
+"""
+
+
+def test_rest_and_abor_keep_working(setup: Setup) -> None:
+    if setup.policy == "client":
+        pytest.skip("nothing is converted under data_policy = client")
+    server = "passive-only" if setup.policy == "passive" else "active-only"
+    srv = setup.servers[server]
+    mode = "port" if setup.policy == "passive" else "pasv"  # the client's, converted
+    argv = ["python3", "-c", REST_AND_ABOR, str(srv.address), "1MiB.bin"]
+    argv += [setup.files[(server, "1MiB")], mode]
+    result = setup.lab.run("cli", argv, timeout=60)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr
