@@ -110,6 +110,7 @@ class Converter(Steps):
         up = upstream_for(self.mode, v) if v in ("PORT", "EPRT", "PASV", "EPSV") else None
         if up is None:
             return False
+        self.deadline = now + self.policy.expect_timeout  # a leg expires like an expectation
         if v in PASSIVE:
             self._replace(ClientLeg(v, up), out)
             self._open_client_listener(out)

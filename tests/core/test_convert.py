@@ -23,6 +23,7 @@ from ftpalg.core.messages import (
     OpenListener,
     RejectData,
     Send,
+    TimerFired,
 )
 from ftpalg.core.observations import Converted, DataEnded, DataMode
 from ftpalg.core.policy import CorePolicy
@@ -225,3 +226,16 @@ def test_data_policy_from_file_and_flag_reaches_the_core_policy(tmp_path: Path) 
     path.write_text('data_policy = "epsv"\n')  # the names are exact, as in mod_proxy
     with pytest.raises(ConfigError):
         build_config(["--config", str(path)])
+
+
+def test_an_unused_client_listener_expires_like_an_expectation() -> None:
+    pb = converting("active", 45000)
+    open_client = OpenListener(
+        1, F.server_face.host, 45000, F.client.host, F.server, F.client_face.host
+    )
+    pb >> client(b"PASV\r\n") << [open_client]
+    shown = b"227 Entering Passive Mode (198,51,100,80,175,200).\r\n"
+    pb >> ListenerOpened(1, 45000) << [Send(CLIENT, shown)]
+    assert pb.session.next_deadline() == 300.0
+    pb.at(300.0) >> TimerFired() << [CloseListener(1)]
+    pb >> client(RETR) << [Send(SERVER, RETR)]  # no leg: the server answers it
