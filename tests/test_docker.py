@@ -250,6 +250,22 @@ def test_versions_are_pinned() -> None:
     assert "podman-compose" in pins
 
 
+def test_compose_lab_script_prepares_podman_for_these_machines() -> None:
+    script = (ROOT / "scripts" / "compose_lab.sh").read_text()
+    conf = script[script.index("[containers]") : script.index("EOF", script.index("[containers]"))]
+    assert 'runtime = "runc"' in conf and 'cgroup_manager = "cgroupfs"' in conf
+    assert 'network_backend = "netavark"' in conf and "default_ulimits" in conf
+    for package in ("podman", "runc", "netavark", "debootstrap"):
+        assert re.search(rf"^for p in .*\b{package}\b", script, re.M), package
+    assert "debootstrap --variant=minbase bookworm" in script
+    assert "base=localhost/ftpalg-base:bookworm" in script
+    assert "export FTPALG_BASE=$base FTPALG_PIP_SOURCE=wheels" in script
+    assert '--compose "podman-compose --podman-build-args=--network=host"' in script
+    assert "--compose docker-compose" in script
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci.index("./scripts/compose_lab.sh") > ci.index("make test")
+
+
 def test_render_and_client_commands() -> None:
     ok = containers.Row(
         topology="reverse",
