@@ -106,7 +106,10 @@ class HalfProtocol(asyncio.Protocol):
         if self.control is None or self.control.closed:
             return False  # lingering after the session ended: close now
         self.control.handle(DataReceived(self.side, b""))
-        return True  # keep the transport for the other direction (half-close)
+        # keep the transport for the other direction (half-close); a TLS one (tls =
+        # terminate) cannot half-close: it closes itself after the peer's close_notify
+        can_write_eof = getattr(self.transport, "can_write_eof", None)
+        return can_write_eof is None or bool(can_write_eof())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
