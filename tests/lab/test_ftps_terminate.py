@@ -54,8 +54,9 @@ try:
 except ftplib.Error as exc:
     out["prot_first"] = str(exc)
 ftp.login("anonymous", "lab@")
-if prot == "P":
+if prot in ("P", "PA"):
     ftp.prot_p()
+    ftp.set_pasv(prot == "P")  # PA: active mode, PORT/EPRT
 else:
     out["pbsz"] = ftp.sendcmd("PBSZ 0")
     out["prot"] = ftp.sendcmd("PROT C")
@@ -173,6 +174,35 @@ def test_implicit_ftps(site: Site, tmp_path: Path) -> None:
     )
     run = site.lab.run("srv", [sys.executable, "-c", cmd, site.host, str(IMPLICIT)], timeout=20)
     assert "220" not in run.stdout, run.stdout
+
+
+def test_prot_p_in_active_mode(site: Site) -> None:
+    """PORT with PROT P: ftpalg dials the client and is the TLS server on that leg too."""
+    mark = site.alg.mark()
+    assert ftplib_run(site, "PA")["sha256"] == site.digest
+    finished = site.alg.named("data_finished", since=mark)
+    assert finished and all(e["mode"] == "active" for e in finished), finished
+
+
+def test_ipv6(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The same over IPv6: curl (EPSV) and ftplib with PROT P, sha256 checked."""
+    lab = start_lab()
+    try:
+        lab.server_role, lab.client_role = "cli", "srv"
+        a = lab.addresses
+        server = start_server(lab, "vsftpd", a.client_v6, PORT)
+        digest = make_file(server.root, "f.bin", SIZE, seed=24)
+        cert, key = self_signed(tmp_path_factory.mktemp("tls6"))
+        args = ["--listen", f"[{a.gw_outside_v6}]:{PORT}", "--upstream", f"[{a.client_v6}]:{PORT}"]
+        args += ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key)]
+        alg = start_ftpalg(lab, args)
+        site = Site(lab, server, alg, str(a.gw_outside_v6), digest, cert, key)
+        url = f"ftp://[{a.gw_outside_v6}]:{PORT}/f.bin"
+        assert curl(site, ["-g", "-o", str(tmp_path / "6.bin"), url])
+        assert sha256_file(tmp_path / "6.bin") == digest
+        assert ftplib_run(site, "P")["sha256"] == digest
+    finally:
+        lab.close()
 
 
 def test_prot_c_carries_plain_data(site: Site) -> None:
