@@ -18,11 +18,11 @@ brings up two projects side by side, each with fixed addresses:
 Each transfer is one curl or lftp run in the client container (passive and active, download
 and upload of an 8 MiB file), checked by sha256: a download against the served file, an
 upload against the file that arrived at the server. The client and server side of the
-rewritten line come from the gateway's `rewrite` log events, the data plane and the byte
-count from its `data_finished` events; transfers run one at a time, so the events new since
-the previous transfer are this transfer's. Progress goes to stderr, the table to stdout, and
-both projects are always taken down (containers and networks; the images are kept), also on
-an error, Ctrl-C or SIGTERM; `--keep` leaves them up until Ctrl-C.
+announced line come from the gateway's `rewrite` and `announce_unchanged` log events, the
+data plane and the byte count from its `data_finished` events; transfers run one at a time,
+so the events new since the previous transfer are this transfer's. Progress goes to stderr,
+the table to stdout, and both projects are always taken down (containers and networks; the
+images are kept), also on an error, Ctrl-C or SIGTERM; `--keep` leaves them up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ftpalg.lab.matrix import ANNOUNCED
 from ftpalg.lab.table import grid, reason_line, shorten
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
@@ -330,7 +331,7 @@ def _judge(
     new: list[dict[str, Any]],
 ) -> Row:
     """A row from the client's exit code and the gateway's events of this transfer."""
-    rewrites = [e for e in new if e.get("event") == "rewrite"]
+    rewrites = [e for e in new if e.get("event") in ANNOUNCED]  # rewritten or left as it was
     client_cmd = server_cmd = None
     if rewrites:
         last = rewrites[-1]
@@ -357,9 +358,9 @@ LEGEND = (
     "connects to: where the client opened its control connection (reverse: passive modes use\n"
     "the published address, active modes the gateway's own); client side: the PORT/EPRT the\n"
     "client sent or the 227/229 it received; server side: the same line as vsftpd received or\n"
-    "sent it (from ftpalg's rewrite events); plane: who carried the data (kernel pinhole or\n"
-    "ftpalg's relay); ok: sha256 intact and ftpalg counted every byte. MB/s: 8 MiB / the\n"
-    "client's whole run (start-up, login, transfer)."
+    "sent it (from ftpalg's log); plane: who carried the data (kernel pinhole or ftpalg's\n"
+    "relay); ok: sha256 intact and ftpalg counted every byte. MB/s: 8 MiB / the client's\n"
+    "whole run (start-up, login, transfer)."
 )
 
 
