@@ -205,6 +205,52 @@ def test_ipv6(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
         lab.close()
 
 
+PEER_CERT = """
+import socket, ssl, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.recv(1024); s.sendall(b"AUTH TLS\\r\\n"); s.recv(1024)
+ctx = ssl.create_default_context(); ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+print(ctx.wrap_socket(s).getpeercert(binary_form=True).hex())
+"""
+
+
+def test_sighup_reloads_the_certificate(site: Site, tmp_path: Path) -> None:
+    """New sessions present the certificate the files hold at the SIGHUP; files that do not
+    load are reported and the previous certificate stays."""
+    import shutil
+    import signal
+
+    def presented() -> str:
+        argv = [sys.executable, "-c", PEER_CERT, site.host, str(PORT)]
+        run = site.lab.run("srv", argv, timeout=20)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    def sighup() -> dict[str, object]:
+        mark = site.alg.mark()
+        site.alg.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        events = ("reloaded", "reload_failed")
+        while not (done := [e for e in site.alg.events(mark) if e["event"] in events]):
+            assert time.monotonic() < deadline, "no reload event"
+            time.sleep(0.05)
+        return done[0]
+
+    before = presented()
+    cert2, key2 = self_signed(tmp_path)
+    shutil.copy(cert2, site.cert)
+    shutil.copy(key2, site.key)
+    assert sighup()["event"] == "reloaded"
+    after = presented()
+    assert after != before
+    site.cert.write_text("not a certificate\n")
+    reloaded = sighup()
+    assert reloaded["event"] == "reload_failed" and "tls_cert" in str(reloaded["error"])
+    assert presented() == after  # the previous certificate stays
+    shutil.copy(cert2, site.cert)
+    assert ftplib_run(site, "P")["sha256"] == site.digest
+
+
 def test_prot_c_carries_plain_data(site: Site) -> None:
     got = ftplib_run(site, "C")
     assert got["sha256"] == site.digest
