@@ -297,6 +297,42 @@ def test_a_stalled_handshake_times_out(site: Site) -> None:
         site.alg = start_alg(lab, site.host, str(server.address), site.cert, site.key)
 
 
+DATA_GARBAGE = """
+import ftplib, hashlib, json, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
+ftp.connect(sys.argv[1], int(sys.argv[2]))
+ftp.auth(); ftp.login("anonymous", "lab@"); ftp.prot_p()
+conn, _ = ftplib.FTP.ntransfercmd(ftp, "RETR f.bin")  # PROT P, but no TLS on it
+conn.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n" + bytes(200))
+conn.settimeout(20)
+while conn.recv(65536):
+    pass
+conn.close()
+out = {}
+try:
+    out["after"] = ftp.voidresp()
+except ftplib.Error as exc:
+    out["after"] = str(exc)
+out["noop"] = ftp.voidcmd("NOOP")
+ftp.quit()
+print(json.dumps(out))
+"""
+
+
+def test_garbage_on_a_prot_p_data_connection_loses_that_transfer_only(site: Site) -> None:
+    mark = site.alg.mark()
+    argv = [sys.executable, "-c", DATA_GARBAGE, site.host, str(PORT)]
+    run = site.lab.run("srv", argv, timeout=60)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["noop"].startswith("200"), got  # the control session goes on
+    (finished, *_) = site.alg.named("data_finished", since=mark)
+    assert "handshake" in json.dumps(finished), finished
+    assert ftplib_run(site, "P")["sha256"] == site.digest
+
+
 def test_require_tls_refuses_a_plain_login(site: Site) -> None:
     lab, server = site.lab, site.server
     site.alg.stop()
