@@ -173,14 +173,29 @@ def set_up_kernel(
             state.setup.setup()
             route_table = config.route_table if config.transparent else None
             state.watch = KernelWatch(TABLE, route_table)
-        if plane == "kernel":
+    except (KernelSetupError, OSError) as exc:
+        return _failed(config, state, exc, log)
+    if plane == "kernel":
+        try:
             ensure_conntrack_sysctls()  # accounting and events for the tagged connections
             state.data = KernelData(ops.observe)
-        return state
-    except (KernelSetupError, OSError) as exc:
-        with contextlib.suppress(KernelSetupError, OSError):
-            state.close(None)
-        if config.transparent or config.data_plane == "kernel":
-            raise KernelSetupError(f"kernel setup failed: {exc}") from None
-        log.warning("data_plane_relay", reason=f"kernel setup failed: {exc}")
-        return KernelState()
+        except (KernelSetupError, OSError) as exc:
+            if config.data_plane == "kernel":
+                state.close(None)
+                raise KernelSetupError(f"kernel setup failed: {exc}") from None
+            # auto: the table stays (its pinhole sets unused), the relay carries; e.g. a
+            # container whose /proc/sys is read-only (the conntrack sysctls)
+            log.warning("data_plane_relay", reason=f"kernel data plane: {exc}")
+    return state
+
+
+def _failed(
+    config: Config, state: KernelState, exc: Exception, log: FilteringBoundLogger
+) -> KernelState:
+    """The table or routing could not be installed: fatal where ftpalg needs them."""
+    with contextlib.suppress(KernelSetupError, OSError):
+        state.close(None)
+    if config.transparent or config.data_plane == "kernel":
+        raise KernelSetupError(f"kernel setup failed: {exc}") from None
+    log.warning("data_plane_relay", reason=f"kernel setup failed: {exc}")
+    return KernelState()

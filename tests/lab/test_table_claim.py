@@ -171,3 +171,31 @@ def test_cleanup_after_a_kill(lab: Lab) -> None:
     assert "lookup 100" not in rules and "fwmark 0x4 lookup 400" in rules, rules
     again = lab.run("gw", cleanup, timeout=30)
     assert again.stdout.strip() == "ftpalg: nothing of ftpalg's in the kernel", again.stdout
+
+
+READ_ONLY_SYSCTLS = (
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"',
+    "sh",
+)
+
+
+def test_read_only_sysctls_under_auto_relay(lab: Lab, tmp_path: Path) -> None:
+    """As in a container, /proc/sys is read-only: the conntrack sysctls the kernel data
+    plane needs cannot be set. `auto` relays (warning), `kernel` refuses to start."""
+    server, digest = serve_file(lab)
+    args = ["--listen", "0.0.0.0:21"]
+    alg = start_ftpalg(lab, args, wrapper=READ_ONLY_SYSCTLS)
+    assert alg.named("started")[0]["data_plane"] == "relay"
+    (warning,) = alg.named("data_plane_relay")
+    assert str(warning["reason"]).startswith("kernel data plane:"), warning
+    fetch(lab, server.target, digest, tmp_path / "f.bin")
+    alg.stop()
+    argv = [*READ_ONLY_SYSCTLS, sys.executable, "-m", "ftpalg", *args, "--data-plane", "kernel"]
+    run = lab.run("gw", argv, timeout=30)
+    assert run.returncode == 1 and run.stderr.startswith("ftpalg: kernel setup failed:"), run
