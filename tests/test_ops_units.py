@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ftpalg.core.messages import Endpoint, Side
 from ftpalg.core.observations import (
+    Converted,
     DataEnded,
     DataMode,
     DataRejected,
@@ -143,6 +144,15 @@ def test_an_unchanged_announcement_is_no_rewrite() -> None:
     assert same.event == "announce_unchanged"
     assert sample(m, "ftpalg_rewrites_total", kind="229") == 0
     assert sample(m, "ftpalg_expectations_pending") == 1
+
+
+def test_metrics_count_conversions_by_kind() -> None:
+    m = Metrics("transparent")
+    for _ in range(2):
+        m.observe(Converted("RETR", "PORT", "EPSV"))
+    m.observe(Converted("STOR", "EPSV", "PORT"))
+    assert sample(m, "ftpalg_conversions_total", client_kind="PORT", upstream_kind="EPSV") == 2
+    assert sample(m, "ftpalg_conversions_total", client_kind="EPSV", upstream_kind="PORT") == 1
 
 
 def test_metrics_of_tls_and_kernel_state() -> None:

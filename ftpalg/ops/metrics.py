@@ -40,6 +40,7 @@ from prometheus_client import (
 from ftpalg.core.messages import Side
 from ftpalg.core.observations import (
     CommandRefused,
+    Converted,
     DataEnded,
     DataMode,
     DataRejected,
@@ -139,6 +140,13 @@ class Metrics:
         self.errors = counter("errors", "Internal, accept and xferlog errors", "what")
         self.reloads = counter("config_reloads", "SIGHUP reloads", "result")
         self.tls = counter("tls_sessions", "Sessions whose client sent AUTH, by outcome", "outcome")
+        self.conversions = counter(
+            "conversions",
+            "Transfers whose data mode ftpalg converted (data_policy), by the client's kind of "
+            "command and the one sent upstream",
+            "client_kind",
+            "upstream_kind",
+        )
         self.kernel_present = gauge(
             "kernel_rules_present", "1 while ftpalg's table and routing are installed"
         )
@@ -215,6 +223,8 @@ class Metrics:
                 self.errors.labels(_FAULT_LABELS[obs.what]).inc()
             case Reloaded():
                 self.reloads.labels("ok" if obs.ok else "failed").inc()
+            case Converted():
+                self.conversions.labels(obs.client_kind, obs.upstream_kind).inc()
             case TlsPassthrough():
                 self.tls.labels("passthrough").inc()
             case TlsRefused():
