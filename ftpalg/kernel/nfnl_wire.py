@@ -77,6 +77,12 @@ _U32 = struct.Struct("=I")
 _NFGEN_INET = struct.pack("=BBH", NFPROTO_INET, 0, 0)
 _NFGEN_BATCH = struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_NESTED_DATA = struct.Struct("=HHHH")  # a nested attribute holding one NFTA_DATA_VALUE
+_KEY_NESTED = NFTA_SET_ELEM_KEY | NLA_F_NESTED
+_DATA_NESTED = NFTA_SET_ELEM_DATA | NLA_F_NESTED
+_LIST_ELEM_NESTED = NFTA_LIST_ELEM | NLA_F_NESTED
+_TIMEOUT_HDR = _NLA.pack(12, NFTA_SET_ELEM_TIMEOUT)
+_EXPIRATION_HDR = _NLA.pack(12, NFTA_SET_ELEM_EXPIRATION)
 _ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
 _REMOVE_FLAGS = NLM_F_REQUEST | NLM_F_ACK
 
@@ -124,6 +130,17 @@ def data_bytes(value: Data) -> bytes:
     return raw
 
 
+_SET_NAMES_SEEN: set[str] = set()  # set names already checked (a few; bounded anyway)
+
+
+def check_set_name(name: str) -> None:
+    """ValueError for a set name the kernel would refuse (each name is checked once)."""
+    if name not in _SET_NAMES_SEEN:
+        name_attr(NFTA_SET_ELEM_LIST_SET, "set", name)
+        if len(_SET_NAMES_SEEN) < 1024:
+            _SET_NAMES_SEEN.add(name)
+
+
 def name_attr(atype: int, what: str, name: str) -> bytes:
     """A NUL-terminated name attribute; ValueError for a name the kernel would refuse."""
     raw = name.encode()
@@ -164,7 +181,7 @@ class ElementOp:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
         if refresh and timeout_ms is None:
             raise ValueError("refresh=True needs timeout_ms")
-        name_attr(NFTA_SET_ELEM_LIST_SET, "set", set_name)
+        check_set_name(set_name)
         raw_value = None if value is None else data_bytes(value)
         return cls("add", set_name, data_bytes(key), raw_value, timeout_ms, refresh)
 
@@ -175,7 +192,7 @@ class ElementOp:
         ``value`` is sent along for a map, as nft does, but the kernel removes by key alone and
         ignores the value, even a wrong one.
         """
-        name_attr(NFTA_SET_ELEM_LIST_SET, "set", set_name)
+        check_set_name(set_name)
         raw_value = None if value is None else data_bytes(value)
         return cls("remove", set_name, data_bytes(key), raw_value)
 
@@ -187,16 +204,23 @@ def nla(atype: int, payload: bytes) -> bytes:
 
 
 def element(op: ElementOp) -> bytes:
-    """``NFTA_LIST_ELEM`` for ``op`` (timeouts only for an add)."""
-    body = nla(NFTA_SET_ELEM_KEY | NLA_F_NESTED, nla(NFTA_DATA_VALUE, op.key))
-    if op.value is not None:
-        body += nla(NFTA_SET_ELEM_DATA | NLA_F_NESTED, nla(NFTA_DATA_VALUE, op.value))
-    if op.kind == "add" and op.timeout_ms is not None:
+    """``NFTA_LIST_ELEM`` for ``op`` (timeouts only for an add).
+
+    Keys and values are whole 4-byte fields (:func:`data_bytes`), so nothing here needs
+    padding: each nested data attribute is two headers packed at once and the bytes."""
+    key = op.key
+    body = _NESTED_DATA.pack(8 + len(key), _KEY_NESTED, 4 + len(key), NFTA_DATA_VALUE) + key
+    value = op.value
+    if value is not None:
+        body += (
+            _NESTED_DATA.pack(8 + len(value), _DATA_NESTED, 4 + len(value), NFTA_DATA_VALUE) + value
+        )
+    if op.timeout_ms is not None and op.kind == "add":
         ms = _U64_BE.pack(op.timeout_ms)
-        body += nla(NFTA_SET_ELEM_TIMEOUT, ms)
+        body += _TIMEOUT_HDR + ms
         if op.refresh:
-            body += nla(NFTA_SET_ELEM_EXPIRATION, ms)
-    return nla(NFTA_LIST_ELEM | NLA_F_NESTED, body)
+            body += _EXPIRATION_HDR + ms
+    return _NLA.pack(4 + len(body), _LIST_ELEM_NESTED) + body
 
 
 @dataclass(slots=True)
