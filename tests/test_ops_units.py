@@ -24,6 +24,7 @@ from ftpalg.core.observations import (
     SessionClosed,
     TlsPassthrough,
     TlsRefused,
+    TlsTerminated,
 )
 from ftpalg.core.policy import OUT_OF_RESOURCES, TOO_MANY_SESSIONS
 from ftpalg.core.wire import Kind
@@ -161,11 +162,13 @@ def test_metrics_of_tls_and_kernel_state() -> None:
         TlsPassthrough(b"AUTH TLS\r\n"),
         TlsPassthrough(b"AUTH SSL\r\n"),
         TlsRefused(b"AUTH TLS\r\n"),
+        TlsTerminated(b"AUTH TLS\r\n"),
         KernelState(present=True),
     ):
         m.observe(obs)
     assert sample(m, "ftpalg_tls_sessions_total", outcome="passthrough") == 2
     assert sample(m, "ftpalg_tls_sessions_total", outcome="refused") == 1
+    assert sample(m, "ftpalg_tls_sessions_total", outcome="terminated") == 1
     assert sample(m, "ftpalg_kernel_rules_present") == 1
     m.observe(KernelState(present=False))
     assert sample(m, "ftpalg_kernel_rules_present") == 0

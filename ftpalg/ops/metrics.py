@@ -58,6 +58,7 @@ from ftpalg.core.observations import (
     SessionClosed,
     TlsPassthrough,
     TlsRefused,
+    TlsTerminated,
     UnterminatedAddressLineDropped,
 )
 from ftpalg.core.wire import Kind
@@ -164,7 +165,7 @@ class Metrics:
             (tuple(s.value for s in Side), self.violations),
             (tuple(sorted(set(_FAULT_LABELS.values()))), self.errors),
             (("ok", "failed"), self.reloads),
-            (("passthrough", "refused"), self.tls),
+            (("passthrough", "refused", "terminated"), self.tls),
         ]
         for labels, metric in every_label:
             for label in labels:
@@ -229,6 +230,8 @@ class Metrics:
                 self.tls.labels("passthrough").inc()
             case TlsRefused():
                 self.tls.labels("refused").inc()
+            case TlsTerminated():
+                self.tls.labels("terminated").inc()
             case KernelState():
                 self.kernel_present.set(1 if obs.present else 0)
                 if obs.restored:
