@@ -5,8 +5,10 @@ How this works. The client's socket is handed to the loop as a server-side TLS t
 (`connect_accepted_socket(ssl=...)`, on uvloop too; its handshake must finish within
 `HANDSHAKE_TIMEOUT`), the server's as a plain one; two small protocols pass what one receives
 to the other's transport, and back-pressure pauses the reading side while the writing side's
-buffer is full. The handshake comes first: until it has finished, what the server sends (a
-download) waits in the kernel. Ends: the server's EOF (a download is complete) closes the
+buffer is full. Bytes that arrive before the other transport stands are kept and written
+first by its `connection_made`, so nothing that arrives later can overtake them. The
+handshake comes first: until it has finished, what the server sends (a download) waits in
+the kernel. Ends: the server's EOF (a download is complete) closes the
 TLS side cleanly (`close_notify` after the buffered data); the client's EOF or
 `close_notify` (an upload is complete) half-closes the server's side, and the server's own
 close then ends the client's. The relay is over when both transports are gone.
@@ -44,6 +46,10 @@ class _Leg(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's: not subclasses
+        peer = self.peer
+        if peer is not None and peer.early:  # first what the peer received before this
+            transport.write(b"".join(peer.early))  # type: ignore[attr-defined]
+            peer.early.clear()  # transport stood: later bytes go straight through
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -123,10 +129,7 @@ async def tls_relay(
             tls_leg.transport.close()
         relay.error = f"server: {exc}"
         relay.leg_done()
-    else:  # what the client sent meanwhile (an upload's first bytes, even its end)
-        if tls_leg.early:
-            plain.write(b"".join(tls_leg.early))
-            tls_leg.early.clear()
+    else:  # the client's upload ended before the server's transport stood
         if tls_leg.eof or tls_leg.gone:
             plain.write_eof()
     await relay.done
