@@ -42,6 +42,7 @@ from ftpalg.lab.netns import Lab, LabError, lab_unavailable_reason, missing_tool
 from ftpalg.lab.server_base import FtpServer
 from ftpalg.lab.servers import SERVERS, start_server
 from ftpalg.lab.table import Case, Outcome, all_ok, render
+from ftpalg.ops.config import DATA_POLICIES
 
 DEFAULT_SIZE = 8 << 20
 MAX_SIZE = 16 << 30
@@ -105,6 +106,13 @@ def build_lab_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the matrix through the kernel's nf_conntrack_ftp + nf_nat_ftp and "
         "show both results side by side",
+    )
+    add(
+        "--data-policy",
+        choices=DATA_POLICIES,
+        default="client",
+        help="run ftpalg with this data_policy (docs/conversion.md): e.g. passive converts "
+        "every active-mode client to passive upstream, and the table shows the conversions",
     )
     add("--quick", action="store_true", help="curl modes only (a smaller matrix)")
     add(
@@ -265,11 +273,13 @@ def _run(
         else:
             progress.step("tcpdump not installed: the kernel's rewrites are shown as '-'")
         results["kernel"] = run(path="kernel", commands=commands)
+    policy = "" if args.data_policy == "client" else f", data_policy {args.data_policy}"
     progress.step(
-        "gateway: forward path closed; starting ftpalg (transparent, 0.0.0.0:21, [::]:21)"
+        f"gateway: forward path closed; starting ftpalg (transparent, 0.0.0.0:21, [::]:21{policy})"
     )
     apply_closed_gateway(lab)
-    alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--listen", "[::]:21"])
+    listen = ["--listen", "0.0.0.0:21", "--listen", "[::]:21"]
+    alg = start_ftpalg(lab, [*listen, "--data-policy", args.data_policy])
     lab.on_close(lambda: shutil.rmtree(alg.log.parent, ignore_errors=True))
     results = {"ftpalg": run("ftpalg", matrix.AlgCommands(alg))} | results
     out.write(render(all_cases, results))

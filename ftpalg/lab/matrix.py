@@ -54,7 +54,7 @@ class Commands:
         return None, None
 
 
-ANNOUNCED = ("rewrite", "announce_unchanged")
+ANNOUNCED = ("rewrite", "announce_unchanged", "converted")
 
 
 class AlgCommands(Commands):
@@ -72,6 +72,9 @@ class AlgCommands(Commands):
         if not new:
             return None, None
         last = new[-1]
+        if last.get("event") == "converted":  # ftpalg answered the client, spoke its own
+            client_kind, upstream_kind = last.get("client_kind"), last.get("upstream_kind")
+            return f"{client_kind} (answered by ftpalg)", f"{upstream_kind} (ftpalg's own)"
         before, after = str(last.get("before")), str(last.get("after"))
         return (before, after) if last.get("kind") in ("PORT", "EPRT") else (after, before)
 

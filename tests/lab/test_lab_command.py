@@ -86,6 +86,24 @@ def test_lab_kernel_shows_both_paths_side_by_side() -> None:
     assert namespaces_of(lab_id(run.stderr)) == []
 
 
+def test_lab_shows_conversions_under_a_data_policy() -> None:
+    """`ftpalg lab --data-policy passive`: every transfer arrives; the active-mode clients'
+    rows show ftpalg answering their PORT/EPRT and sending its own EPSV upstream."""
+    _need_lab()
+    run = ftpalg_lab("--quick", "--data-policy", "passive", "--size", "1048576")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ftpalg: 12/12 ok" in run.stdout
+    lines = [line for line in run.stdout.splitlines() if line.startswith("curl-")]
+    assert len(lines) == 12, run.stdout
+    active = [line for line in lines if line.startswith(("curl-port", "curl-eprt"))]
+    assert len(active) == 6 and all("(answered by ftpalg)" in line for line in active), active
+    assert all("EPSV (ftpalg's own)" in line for line in active), active
+    passive = [line for line in lines if line not in active]
+    assert not any("ftpalg's own" in line for line in passive), passive
+    assert "data_policy passive" in run.stderr
+    assert namespaces_of(lab_id(run.stderr)) == []
+
+
 def test_lab_keep_waits_for_ctrl_c_then_tears_down() -> None:
     _need_lab()
     argv = [sys.executable, "-m", "ftpalg", "lab", "--keep", "--quick", "--size", "64k"]
