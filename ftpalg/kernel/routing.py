@@ -142,6 +142,17 @@ def _conflict(ipr: Any, family: int, mark: int, table: int) -> str | None:
     return None
 
 
+def _rule_spec(family: int, mark: int, table: int) -> dict[str, Any]:
+    """ftpalg's rule: the mark's bits only, tagged as ftpalg's."""
+    return {
+        "family": _FAMILY[family],
+        "fwmark": mark,
+        "fwmask": mark,
+        "table": table,
+        "protocol": PROTO,
+    }
+
+
 def _route_spec(family: int, table: int, lo: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "family": _FAMILY[family],
@@ -193,14 +204,7 @@ def install(
             rule = f"ip -{fam} rule add fwmark 0x{mark:x}/0x{mark:x} lookup {table}"
             with _netlink_step(rule, exists, netns):
                 if not _rule_exists(ipr, fam, mark, table):
-                    ipr.rule(
-                        "add",
-                        family=_FAMILY[fam],
-                        fwmark=mark,
-                        fwmask=mark,
-                        table=table,
-                        protocol=PROTO,
-                    )
+                    ipr.rule("add", **_rule_spec(fam, mark, table))
             with _netlink_step(f"ip -{fam} route add local default table {table}", exists, netns):
                 if not _route_exists(ipr, fam, table, lo):
                     ipr.route("add", **_route_spec(fam, table, lo))
@@ -220,14 +224,7 @@ def remove(
                 for _ in range(16):
                     if not _rule_exists(ipr, fam, mark, table):
                         break
-                    ipr.rule(
-                        "del",
-                        family=_FAMILY[fam],
-                        fwmark=mark,
-                        fwmask=mark,
-                        table=table,
-                        protocol=PROTO,
-                    )
+                    ipr.rule("del", **_rule_spec(fam, mark, table))
             with _netlink_step(f"ip -{fam} route del local default table {table}", gone, netns):
                 if _route_exists(ipr, fam, table, lo):
                     ipr.route("del", **_route_spec(fam, table, lo))

@@ -32,16 +32,15 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ftpalg.lab.command import _signals  # the guard for forked children too
 from ftpalg.lab.matrix import ANNOUNCED
 from ftpalg.lab.table import grid, reason_line, shorten
 
@@ -429,24 +428,6 @@ def down(engine: Engine, topo: Topology) -> None:
         _quiet([engine.cli, "network", "rm", net])
 
 
-@contextmanager
-def _signals(raising: bool = True) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (`raising`) or are ignored (while
-    the labs are taken down: teardown is not interruptible)."""
-
-    def handler(signum: int, frame: object) -> None:
-        if raising:
-            raise KeyboardInterrupt
-
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ftpalg lab --containers",
@@ -485,7 +466,7 @@ def containers_main(argv: list[str], out: TextIO | None = None) -> int:
     started: list[Topology] = []
     engine: Engine | None = None
     try:
-        with _signals():
+        with _signals(raising=True):
             if not (DOCKER_DIR / "compose.yaml").is_file():
                 raise LabFailure(f"{DOCKER_DIR}/compose.yaml not found: run from a checkout")
             engine = Engine(find_compose(args.compose))

@@ -39,8 +39,6 @@ class KernelGuard:
     ) -> None:
         self.loop, self.kernel, self.watch, self.observe = loop, kernel, watch, observe
         self.reopen = reopen  # puts back open pinholes, returns how many
-        self.present = True
-        self.restores = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -62,7 +60,6 @@ class KernelGuard:
             self.observe.log.error("kernel_watch_failed", error=str(exc))
             return
         if hit and self._task is None:
-            self.present = False
             self.observe(KernelState(present=False))
             self._task = self.loop.create_task(self._restore())
 
@@ -77,8 +74,6 @@ class KernelGuard:
                     await asyncio.sleep(RETRY_S)
             self.watch.read()  # the notifications of our own install
             pinholes = self.reopen() if self.reopen is not None else 0
-            self.present = True
-            self.restores += 1
             self.observe(KernelState(present=True, restored=True, pinholes=pinholes))
         finally:
             self._task = None
