@@ -60,14 +60,18 @@ class Nat64:
         self.eprt_refused = False
         self.held: list[bytes] = []  # lines of a reply whose fate is not decided yet
         self._ours = False  # the line being handled answers ftpalg's own PASV
+        self._eprt: Endpoint | None = None  # the listener the EPRT awaiting its reply names
 
     # ---- the session's hooks --------------------------------------------------------------
 
-    def blocks(self, head: bytes | None) -> bool:
-        """Client lines wait: behind a translated command, or to be answered in order."""
+    def blocks(self, head: bytes | None, reply_pending: bool) -> bool:
+        """Client lines wait: behind a translated command, or to be answered in order (every
+        earlier reply delivered: none outstanding, none waiting for its listener)."""
         if self.waiting:
             return True
-        return head is not None and bool(self.owners) and self._answers_itself(head)
+        if head is None or not (self.owners or reply_pending):
+            return False
+        return self._answers_itself(head)
 
     def client_line(self, line: bytes, out: list[Action]) -> bool:
         """True when the line was taken (answered by ftpalg or sent upstream translated)."""
@@ -102,14 +106,16 @@ class Nat64:
             if isinstance(action, Send) and action.side is SERVER:
                 self.owners.append(CLIENT_CMD)
 
-    def announced(self, kind: Kind, render: str | None, out: list[Action]) -> None:
+    def announced(
+        self, kind: Kind, render: str | None, listen: Endpoint, out: list[Action]
+    ) -> None:
         """A client address line went upstream (after its listener was bound)."""
         if render == AS_PORT:
             self.owners.append(PORT)
             out.append(Translated64("EPRT", "PORT"))
         elif kind is Kind.EPRT and self.enabled:
             self.owners.append(EPRT)
-            self.waiting = True
+            self.waiting, self._eprt = True, listen
         else:
             self.owners.append(CLIENT_CMD)
 
@@ -132,8 +138,9 @@ class Nat64:
             self._own(PASV, out)
             out.append(Translated64("EPSV", "PASV"))
             return True
-        if owner == EPRT and line[:3] in _REFUSED and listen is not None:
-            self.eprt_refused = True
+        if owner == EPRT and line[:3] in _REFUSED:
+            self.eprt_refused = True  # the next EPRT goes as PORT
+        if owner == EPRT and line[:3] in _REFUSED and listen == self._eprt:  # not replaced
             numbers = format_port_numbers(listen.host, listen.port)
             self._own(PORT, out, b"PORT %s\r\n" % numbers)
             out.append(Translated64("EPRT", "PORT"))

@@ -195,7 +195,8 @@ class Session:
             return True
         if self.nat is not None and side is CLIENT:
             held = self.sides[CLIENT].held
-            if self.nat.blocks(held[0][1] if held else None):
+            busy = self.sides[SERVER].opening is not None  # a reply waits for its listener
+            if self.nat.blocks(held[0][1] if held else None, busy):
                 return True
         return self.sides[side].opening is not None or self.data.waiting(side)
 
@@ -386,14 +387,14 @@ class Session:
         if self.conv is not None and side is CLIENT:
             self.conv.owners.append("client")
         if self.nat is not None and side is CLIENT:
-            self.nat.announced(match.kind, pending.render, out)
+            self.nat.announced(match.kind, pending.render, listen, out)
         offset_after = self.ledger[side].offset_after
         out.append(
             Rewritten(
                 match.kind, pending.line, new_line, listen, pending.target, delta, offset_after
             )
         )
-        self._drain(side, now, out)
+        self._drain_after_open(side, now, out)
 
     def _on_listener_failed(self, ev: ListenerFailed, now: float, out: list[Action]) -> None:
         pending = self._pending(ev.listener)
@@ -408,7 +409,12 @@ class Session:
         reply = P.NO_PORT_FOR_ACTIVE if pending.side is CLIENT else P.NO_PORT_FOR_PASSIVE
         out.append(Send(CLIENT, reply))
         out.append(NoDataPort(pending.line, ev.error))
-        self._drain(pending.side, now, out)
+        self._drain_after_open(pending.side, now, out)
+
+    def _drain_after_open(self, side: Side, now: float, out: list[Action]) -> None:
+        self._drain(side, now, out)
+        if self.nat is not None and side is SERVER:  # ftpalg's own answers waited for it
+            self._drain(CLIENT, now, out)
 
     def _release_dial(self, conn: int, now: float, out: list[Action]) -> None:
         side = self.data.dial_done(conn)
