@@ -139,12 +139,12 @@ class Nat64:
             out.append(Translated64("EPSV", "PASV"))
             return True
         if owner == EPRT and line[:3] in _REFUSED:
-            self.eprt_refused = True  # the next EPRT goes as PORT
-        if owner == EPRT and line[:3] in _REFUSED and listen == self._eprt:  # not replaced
-            numbers = format_port_numbers(listen.host, listen.port)
-            self._own(PORT, out, b"PORT %s\r\n" % numbers)
-            out.append(Translated64("EPRT", "PORT"))
-            return True
+            self.eprt_refused = True  # the next EPRT goes as PORT; this one too if its
+            if listen is not None and listen == self._eprt:  # listener was not replaced
+                numbers = format_port_numbers(listen.host, listen.port)
+                self._own(PORT, out, b"PORT %s\r\n" % numbers)
+                out.append(Translated64("EPRT", "PORT"))
+                return True
         self._ours = owner == PASV  # its 227 becomes a 229 (render)
         out.extend(Send(CLIENT, h) for h in held)
         return False
