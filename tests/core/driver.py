@@ -270,6 +270,8 @@ CLIENT_LINES = (
     b"SITE " + b"x" * 70 + b"\r\n",  # longer than a 64-byte limit
     b"AUTH TLS\r\n",
     b"\x16\x03\x01\x00\x05hello",  # a TLS record: binary, NUL, no line end
+    b"PASS s3cret\r\n",
+    b"STOR up.bin\r\n",
 )
 SERVER_LINES = (
     b"220 ready\r\n",
@@ -288,4 +290,8 @@ SERVER_LINES = (
     b"\r\n",
     b"234 AUTH TLS OK.\r\n",
     b"\x16\x03\x03\x00\x02\x00\x00",  # a TLS record from the server
+    b"530 Login incorrect.\r\n",
+    b"550 No such file.\r\n",
+    b"226-multi-line\r\n",
+    b"331 Password?\r\n",
 )

@@ -55,7 +55,10 @@ def converting(mode: str, *ports: int) -> Playbook:
 
 
 def ended(conn: int, mode: DataMode, to_client: int, to_server: int) -> DataEnded:
-    return DataEnded(conn, mode, to_client, to_server, 1.0, "ok", None, "RETR", b"f", "A", F.client)
+    """The converted RETR's data connection, after the server's `226 done` (its final reply)."""
+    return DataEnded(
+        conn, mode, to_client, to_server, 1.0, "ok", None, "RETR", b"f", "A", F.client, b"226 done"
+    )
 
 
 def active_to_passive_until_retr(pb: Playbook) -> None:
