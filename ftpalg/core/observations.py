@@ -225,8 +225,8 @@ class DataStarted(Observation):
 @dataclass(frozen=True, slots=True)
 class DataEnded(Observation):
     """A data connection ended; what the control channel said it carried (xferlog) and the
-    final reply to its transfer command (core/transfer.py): a reply other than 2xx is the
-    `result`, else the data connection's own ("ok" or its error)."""
+    final reply to its transfer command (core/transfer.py): `result` is the data
+    connection's error, else that reply when it is not 2xx, else "ok"."""
 
     EVENT = "data_finished"
     HIDDEN = frozenset({"client"})

@@ -148,7 +148,8 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """The earliest of: the expectation's deadline, the idle timeout (no data connection
-        alive), each unterminated line's timeout. Asked after every event: no lists."""
+        alive), each unterminated line's timeout, a finished data connection's wait for its
+        transfer's final reply (transfer.py). Asked after every event: no lists."""
         if self.closed:
             return None
         best = self.expectation.deadline if self.expectation else None

@@ -17,11 +17,12 @@ its `ddd ` line). Only while a command of interest (USER, PASS, ACCT, a transfer
 that filled a record) is waiting are the forwarded client commands queued (`waiting`) and
 server lines read (`awaiting`): otherwise nothing is done per line. A `530` to USER/PASS/ACCT
 or any 5xx to PASS is a failed login (`LoginFailed`). A transfer's final reply goes on its
-record: its `DataEnded` (`data_finished`) reports the reply and, when it is not 2xx, takes
-the reply as its `result`. The data connection and that reply end in either order: a data
-connection that ends while its transfer's reply is still due is held (`report()`) until the
-reply comes, at most `REPLY_WAIT` seconds (`deadline`, `on_timer()`), or the session ends
-(`close()`); then it is reported with what is known (`reply` None).
+record: its `DataEnded` (`data_finished`) reports the reply and, when it is not 2xx and the
+data connection closed without an error of its own, takes the reply as its `result`. The
+data connection and that reply end in either order: a data connection that ends while its
+transfer's reply is still due is held (`report()`) until the reply comes, at most
+`REPLY_WAIT` seconds (`deadline`, `on_timer()`), or the session ends (`close()`); then it is
+reported with what is known (`reply` None).
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ class Transfer:
 
 
 def settled(ended: DataEnded, reply: bytes | None) -> DataEnded:
-    """`ended` with its transfer's final reply: a reply other than 2xx is the result."""
+    """`ended` with its transfer's final reply: a reply other than 2xx is the result of a
+    data connection that closed cleanly (its own error, when it had one, stays the result:
+    the more specific of the two; the reply is there too)."""
     if reply is None:
         return ended
     result = ended.result
-    if reply[:1] != b"2":
+    if reply[:1] != b"2" and result == "ok":
         result = reply[:_MAX_RESULT].decode("ascii", "backslashreplace")
     return dataclasses.replace(ended, result=result, reply=reply)
 

@@ -32,9 +32,9 @@ and walks the actions with a cursor, so a mismatch names the invariant it breaks
   stale.
 - TIMER: expiry, the line timeout and the idle timeout fire exactly when due.
 - REPLY-ORDER: a data connection's `DataEnded` comes with its transfer's final reply (its
-  `result` that reply when not 2xx), or `REPLY_WAIT` after the connection ended, or at the
-  session's end; a 530 to USER/PASS/ACCT or a 5xx to PASS is a `LoginFailed`
-  (tests/core/replies_model.py).
+  `result` that reply when not 2xx and the connection had no error), or `REPLY_WAIT` after
+  the connection ended, or at the session's end; a 530 to USER/PASS/ACCT or a 5xx to PASS is
+  a `LoginFailed` (tests/core/replies_model.py).
 - OBSERVATION: every observation the model expects in a step is there with its fields, and no
   other (their position inside the step is the playbooks' business, tests/core/test_session.py).
 SHUT, CLOSED and NUL are checked on the raw actions too, independent of the model.

@@ -7,7 +7,7 @@ command is among the unanswered ones; the first `ddd ` line with a 2-5 first dig
 a multi-line reply) answers the oldest queued command. A data connection whose transfer's
 reply is still due when it ends is reported when that reply comes, `REPLY_WAIT` seconds
 later, or when the session ends, whichever is first; its `result` is the reply when that is
-not 2xx, and its `reply` the reply line.
+not 2xx and the connection had no error of its own, and its `reply` the reply line.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class RepliesModel:
     def settle(known: dict[str, Any], record: Record) -> dict[str, Any]:
         reply = record.reply
         out = {**known, "reply": reply}
-        if reply is not None and not reply.startswith(b"2"):
+        if reply is not None and not reply.startswith(b"2") and known["result"] == "ok":
             out["result"] = reply[:200].decode("ascii", "backslashreplace")
         return out
 

@@ -194,6 +194,11 @@ def test_426_before_the_data_connection_ended_is_the_result() -> None:
 
 
 def test_226_keeps_ok_and_a_data_error_stays_the_result() -> None:
+    """A data error is the more specific result, with a 2xx or a 4xx reply alike."""
+    pb = retr_running(Playbook())
+    pb.at(1.0) >> DataFinished(4, 0, 5, 0.5, "TLS handshake failed") << []
+    tls = ended(4, PASSIVE, 5, 0, 0.5, "TLS handshake failed", None, "RETR", b"f", "A", b"426 x")
+    pb >> server(b"426 x\r\n") << [tls, Send(CLIENT, b"426 x\r\n")]
     pb = retr_running(Playbook())
     pb.at(1.0) >> DataFinished(4, 0, 5, 0.5, "reset") << []
     done = ended(4, PASSIVE, 5, 0, 0.5, "reset", None, "RETR", b"f", reply=b"226 Done")
