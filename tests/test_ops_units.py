@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ftpalg.core.observations import (
     DataStarted,
     ExpectationEnded,
     ExpectationOutcome,
+    LoginFailed,
     Observation,
     ProtocolViolation,
     Refusal,
@@ -27,6 +29,7 @@ from ftpalg.core.observations import (
     TlsTerminated,
 )
 from ftpalg.core.policy import OUT_OF_RESOURCES, TOO_MANY_SESSIONS
+from ftpalg.core.transfer import settled
 from ftpalg.core.wire import Kind
 from ftpalg.ops.events import Failed, Fault, KernelState, SessionOpened, SessionRefused
 from ftpalg.ops.logs import configure, get_logger
@@ -242,3 +245,38 @@ def test_log_rendering_of_observations() -> None:
     assert DataRejected(Refusal.STALE, CLIENT_EP).event == "data_rejected"
     used = ExpectationEnded(ExpectationOutcome.USED, CLIENT_EP)
     assert (used.event, used.level) == ("expectation_used", "debug")
+
+
+def test_failed_logins_and_failed_replies_are_counted_and_logged() -> None:
+    """login_failed moves its counter; a data connection whose transfer got a non-2xx final
+    reply counts as an error and is incomplete (`i`) in the xferlog."""
+    m = Metrics("transparent")
+    failed = LoginFailed("PASS", b"bob", b"530 Login incorrect.")
+    assert (failed.event, failed.level) == ("login_failed", "info")
+    assert failed.fields() == {"command": "PASS", "user": b"bob", "reply": b"530 Login incorrect."}
+    m.observe(failed)
+    m.observe(DataStarted(1, CLIENT_EP, SERVER_EP, DataMode.PASSIVE))
+    gone = settled(replace(FINISHED, result="ok"), b"550 No such file.")
+    assert (gone.result, gone.reply, gone.ok, gone.level) == (
+        "550 No such file.",
+        b"550 No such file.",
+        False,
+        "warning",
+    )
+    assert format_line(gone, 0.0).endswith(" i")
+    complete = settled(replace(FINISHED, result="ok"), b"226 Done")
+    assert complete.ok and complete.fields()["reply"] == b"226 Done"
+    assert format_line(complete, 0.0).endswith(" c")
+    m.observe(gone)
+    text = m.exposition().decode()
+    assert "ftpalg_login_failures_total 1.0" in text
+    assert "ftpalg_relay_errors_total 1.0" in text
+
+
+def test_observer_says_whether_debug_lines_are_written() -> None:
+    """Asked once per session (the command/reply trace); an unknown logger: no trace."""
+    configure("json", "debug", io.StringIO())
+    assert Observer(get_logger()).bind(session="1").debug
+    configure("json", "info")
+    assert not Observer(get_logger()).bind(session="1").debug
+    assert not Observer(object()).debug

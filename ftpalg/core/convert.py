@@ -190,7 +190,7 @@ class Converter(Steps):
                 if mode is None:
                     return False
                 t, n = self.notes.finished(conn), self.notes
-                out.append(
+                n.report(
                     DataEnded(
                         conn,
                         mode,
@@ -203,7 +203,10 @@ class Converter(Steps):
                         t.path,
                         t.type,
                         self.faces.client,
-                    )
+                    ),
+                    t,
+                    now,
+                    out,
                 )
                 return True
         return False

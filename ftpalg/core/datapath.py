@@ -81,8 +81,9 @@ class DataLegs:
         """The dial for `conn` ended: the side whose lines may flow again, if any."""
         return self._dialing.pop(conn, None)
 
-    def finish(self, ev: DataFinished, out: list[Action]) -> bool:
-        """Report a finished connection; False when it was not ours (already finished)."""
+    def finish(self, ev: DataFinished, now: float, out: list[Action]) -> bool:
+        """Report a finished connection (once its transfer's final reply is known, see
+        transfer.py); False when it was not ours (already finished)."""
         mode = self._modes.pop(ev.conn, None)
         if mode is None:
             return False
@@ -90,7 +91,7 @@ class DataLegs:
         if mode is DataMode.PASSIVE:  # accepted from the client, dialed the server
             to_client, to_server = to_server, to_client
         t = self.notes.finished(ev.conn)
-        out.append(
+        self.notes.report(
             DataEnded(
                 ev.conn,
                 mode,
@@ -103,6 +104,9 @@ class DataLegs:
                 t.path,
                 t.type,
                 self.client,
-            )
+            ),
+            t,
+            now,
+            out,
         )
         return True

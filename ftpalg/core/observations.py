@@ -224,7 +224,9 @@ class DataStarted(Observation):
 
 @dataclass(frozen=True, slots=True)
 class DataEnded(Observation):
-    """A data connection ended; what the control channel said it carried (xferlog)."""
+    """A data connection ended; what the control channel said it carried (xferlog) and the
+    final reply to its transfer command (core/transfer.py): `result` is the data
+    connection's error, else that reply when it is not 2xx, else "ok"."""
 
     EVENT = "data_finished"
     HIDDEN = frozenset({"client"})
@@ -239,6 +241,7 @@ class DataEnded(Observation):
     path: bytes | None
     type: str
     client: Endpoint
+    reply: bytes | None = None  # the transfer command's final reply (None: none came)
 
     @property
     def level(self) -> str:
@@ -247,6 +250,16 @@ class DataEnded(Observation):
     @property
     def ok(self) -> bool:
         return self.result == "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailed(Observation):
+    """The server answered USER/PASS/ACCT with 530, or PASS with another 5xx."""
+
+    EVENT = "login_failed"
+    command: str  # USER, PASS or ACCT (never its argument)
+    user: bytes | None
+    reply: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ from ftpalg.core.observations import (
 from ftpalg.core.ports import PortChooser, RandomSource
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
 from ftpalg.core.tls import TlsControl
+from ftpalg.core.trace import LineTraced, rewritten_line, traced_line
 from ftpalg.core.transfer import CommandNotes
 from ftpalg.core.wire import Malformed, Match, parse_client_line, parse_server_line
 
@@ -98,6 +99,7 @@ class Session:
         self.tls = TlsControl(policy.tls, policy.require_tls)  # AUTH: tls.py
         cross = translated(faces.client.host, faces.server.host)  # RFC 6384: nat64.py
         self.nat = Nat64() if cross and policy.nat64 and self.conv is None else None
+        self.trace = False  # set by the adapter under --log-level debug: trace.py
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class Session:
                 self._release_dial(conn, now, out)
             case DataFinished(conn):
                 self._release_dial(conn, now, out)
-                if self.data.finish(event, out):
+                if self.data.finish(event, now, out):
                     self._last_activity = now
             case DataDialed(_, conn):  # a conversion's dial, after the session ended
                 out.append(RejectData(conn))
@@ -149,13 +151,17 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """The earliest of: the expectation's deadline, the idle timeout (no data connection
-        alive), each unterminated line's timeout. Asked after every event: no lists."""
+        alive), each unterminated line's timeout, a finished data connection's wait for its
+        transfer's final reply (transfer.py). Asked after every event: no lists."""
         if self.closed:
             return None
         best = self.expectation.deadline if self.expectation else None
         conv = self.conv
         if conv is not None and conv.deadline is not None:
             best = conv.deadline if best is None or conv.deadline < best else best
+        held = self.notes.deadline  # a finished data connection waiting for its reply
+        if held is not None:
+            best = held if best is None or held < best else best
         if not self.data.active and not (conv is not None and conv.active):
             idle = self._last_activity + self.policy.idle_timeout
             best = idle if best is None or idle < best else best
@@ -209,7 +215,10 @@ class Session:
             if self._blocked(side):
                 break
             offset, line = direction.take()
-            self._line(side, offset, line, out)
+            if self.trace:
+                self._traced(side, offset, line, out)
+            else:
+                self._line(side, offset, line, out)
         if direction.held or self._blocked(side):
             return
         if self.tls.opaque:  # nothing is framed any more: an EOF is all that can be left
@@ -278,7 +287,20 @@ class Session:
             self._plain_line(side, offset, line, out)
         self._drain(CLIENT, self._last_activity, out)  # a reply may release a held command
 
+    def _traced(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
+        """`_line` under --log-level debug: with its `command`/`reply` event (trace.py)."""
+        direction = self.sides[side]
+        traced_line(
+            side,
+            line,
+            out,
+            lambda: self._line(side, offset, line, out),
+            lambda: direction.opening is not None and direction.opening.line is line,
+        )
+
     def _plain_line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
+        if side is SERVER and self.notes.waiting:  # a reply of interest is due: transfer.py
+            self.notes.server_line(line, out)
         parse = parse_client_line if side is CLIENT else parse_server_line
         parsed = parse(line, self.sides[side].v6)
         if parsed is None:
@@ -384,6 +406,8 @@ class Session:
             deadline,
         )
         out.append(Send(side.other, new_line))
+        if self.trace:
+            out.append(rewritten_line(side, pending.line, new_line))
         if self.conv is not None and side is CLIENT:
             self.conv.owners.append("client")
         if self.nat is not None and side is CLIENT:
@@ -409,6 +433,8 @@ class Session:
         reply = P.NO_PORT_FOR_ACTIVE if pending.side is CLIENT else P.NO_PORT_FOR_PASSIVE
         out.append(Send(CLIENT, reply))
         out.append(NoDataPort(pending.line, ev.error))
+        if self.trace:
+            out.append(LineTraced(pending.side, pending.line))
         self._drain_after_open(pending.side, now, out)
 
     def _drain_after_open(self, side: Side, now: float, out: list[Action]) -> None:
@@ -429,6 +455,7 @@ class Session:
         if self.conv is not None:
             self.conv.on_timer(now, out)
             self._drain(CLIENT, now, out)
+        self.notes.on_timer(now, out)
         exp = self.expectation
         if exp is not None and now >= exp.deadline:
             self.expectation = None
@@ -448,6 +475,7 @@ class Session:
         self.closed = True
         if self.conv is not None:
             self.conv.close(out)
+        self.notes.close(out)
         for direction in self.sides.values():
             if direction.opening is not None:
                 out.append(CloseListener(direction.opening.listener))

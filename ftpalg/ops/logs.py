@@ -21,6 +21,8 @@ from typing import Any, Literal, TextIO, cast
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from ftpalg.core.trace import SECRET as _SECRET  # PASS/ACCT: what is hidden
+
 _NAMED = {0x0D: "\\r", 0x0A: "\\n", 0x5C: "\\\\"}
 _TOKENS = tuple(
     chr(b) if 0x20 <= b < 0x7F and b != 0x5C else _NAMED.get(b, f"\\x{b:02x}") for b in range(256)
@@ -37,10 +39,6 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-# RFC 959 §4.1.1: PASS <password>, ACCT <account-information>. Skip what a server would skip
-# before the verb (spaces, Telnet IAC sequences, other non-ASCII bytes), match the verb with
-# case folding, and hide everything after it. Over-redaction (e.g. "PASSX") is harmless.
-_SECRET = re.compile(rb"(?:\xff[\xfb-\xfe].|\xff.|[ \t\x80-\xff])*(?:PASS|ACCT)", re.I | re.S)
 
 
 def escape(data: bytes | bytearray | memoryview | str, limit: int = 200) -> str:

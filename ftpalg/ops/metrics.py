@@ -47,6 +47,7 @@ from ftpalg.core.observations import (
     DataStarted,
     ExpectationEnded,
     ExpectationOutcome,
+    LoginFailed,
     MalformedCommandRefused,
     NoDataPort,
     Observation,
@@ -127,7 +128,12 @@ class Metrics:
         self.data = counter("data_connections", "Data connections accepted", "mode")
         self.data_active = gauge("data_connections_active", "Data connections dialed/relayed")
         self.bytes = counter("data_bytes", "Data bytes relayed", "direction")
-        self.relay_errors = counter("relay_errors", "Data connections ended by an error")
+        self.relay_errors = counter(
+            "relay_errors", "Data connections ended by an error or a non-2xx final reply"
+        )
+        self.login_failures = counter(
+            "login_failures", "USER/PASS/ACCT answered with 530 (or PASS with another 5xx)"
+        )
         self.upstream_failures = counter("upstream_connect_failures", "Failed server connects")
         self.upstream_latency = histogram(
             "upstream_connect_seconds", "Successful server connects: time taken", _LATENCY_BUCKETS
@@ -224,6 +230,8 @@ class Metrics:
                 self.errors.labels(_FAULT_LABELS[obs.what]).inc()
             case Reloaded():
                 self.reloads.labels("ok" if obs.ok else "failed").inc()
+            case LoginFailed():
+                self.login_failures.inc()
             case Converted():
                 self.conversions.labels(obs.client_kind, obs.upstream_kind).inc()
             case TlsPassthrough():

@@ -40,6 +40,11 @@ class Observer:
             getattr(log, "is_enabled_for", None) if isinstance(log, BoundLoggerBase) else None
         )
 
+    @property
+    def debug(self) -> bool:
+        """Debug lines are written (asked once per session: the command/reply trace)."""
+        return self._enabled is not None and self._enabled(logging.DEBUG)
+
     def bind(self, **context: Any) -> Observer:
         return Observer(self.log.bind(**context), self.sinks, self._broken)
 

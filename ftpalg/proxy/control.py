@@ -140,6 +140,7 @@ class ControlSession:
         self.host = host
         self.core = session
         self.observe = observe
+        session.trace = observe.debug  # --log-level debug: command/reply lines (core/trace.py)
         self.loop = host.loop
         self.halves: dict[Side, HalfProtocol] = {}
         self.plane: DataPlane = (

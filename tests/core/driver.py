@@ -275,6 +275,8 @@ CLIENT_LINES = (
     b"PROT P\r\n",
     b"PROT C\r\n",
     b"FEAT\r\n",
+    b"PASS s3cret\r\n",
+    b"STOR up.bin\r\n",
 )
 SERVER_LINES = (
     b"220 ready\r\n",
@@ -294,4 +296,8 @@ SERVER_LINES = (
     b"234 AUTH TLS OK.\r\n",
     b"211-Features:\r\n EPSV\r\n211 End\r\n",  # FEAT: terminate adds its TLS features
     b"\x16\x03\x03\x00\x02\x00\x00",  # a TLS record from the server
+    b"530 Login incorrect.\r\n",
+    b"550 No such file.\r\n",
+    b"226-multi-line\r\n",
+    b"331 Password?\r\n",
 )

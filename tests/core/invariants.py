@@ -31,6 +31,10 @@ and walks the actions with a cursor, so a mismatch names the invariant it breaks
   keeps the server's source port, passive uses port 0); the others are rejected as theft or
   stale.
 - TIMER: expiry, the line timeout and the idle timeout fire exactly when due.
+- REPLY-ORDER: a data connection's `DataEnded` comes with its transfer's final reply (its
+  `result` that reply when not 2xx and the connection had no error), or `REPLY_WAIT` after
+  the connection ended, or at the session's end; a 530 to USER/PASS/ACCT or a 5xx to PASS is
+  a `LoginFailed` (tests/core/replies_model.py).
 - OBSERVATION: every observation the model expects in a step is there with its fields, and no
   other (their position inside the step is the playbooks' business, tests/core/test_session.py).
 SHUT, CLOSED and NUL are checked on the raw actions too, independent of the model.
@@ -76,6 +80,7 @@ from ftpalg.core.observations import (
     DataStarted,
     ExpectationEnded,
     ExpectationOutcome,
+    LoginFailed,
     MalformedCommandRefused,
     MalformedReplyForwarded,
     NoDataPort,
@@ -94,6 +99,7 @@ from ftpalg.core.policy import CorePolicy
 from ftpalg.core.rewrite import Unrepresentable, replacement, splice
 from ftpalg.core.tls import REFUSED, is_auth
 from ftpalg.core.wire import Address, Kind, Malformed, Match, parse_client_line, parse_server_line
+from tests.core.replies_model import RepliesModel
 from tests.core.terminate_model import Answer, TerminateModel
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
@@ -223,6 +229,7 @@ class Checker:
         self.auth: bytes | None = None  # the AUTH line forwarded (tls passthrough)
         self.opaque = False  # after the server's 234: bytes pass through unread
         self.terminate = TerminateModel(policy.require_tls) if policy.tls == "terminate" else None
+        self.replies = RepliesModel()
         self.seen: Counter[str] = Counter()  # what happened, for generator coverage
         self.steps = 0
         # raw-action state (independent of the model)
@@ -281,6 +288,8 @@ class Checker:
         if self.closed:
             return None
         due = [self.expectation.deadline] if self.expectation else []
+        if (held := self.replies.deadline()) is not None:
+            due.append(held)
         if not self.running:
             due.append(self.last_activity + self.policy.idle_timeout)
         due += [start + self.policy.line_timeout for start in self._line_starts()]
@@ -450,6 +459,10 @@ class Checker:
                 self._close("closed by both peers")
 
     def _line(self, m: _SideModel, line: bytes) -> None:
+        if m.side is SERVER:
+            for found in self.replies.server_line(line):
+                self.seen["reply_released" if isinstance(found, dict) else "login_failed"] += 1
+                self._observe(found if isinstance(found, LoginFailed) else _Want(DataEnded, found))
         parsed = parse(m.side, line, m.v6)
         if parsed is None and self.terminate is not None:  # tls = terminate: terminate_model
             if m.side is SERVER:
@@ -466,6 +479,8 @@ class Checker:
                 return
             self.auth = line
         if parsed is None:
+            if m.side is CLIENT:
+                self.replies.client_line(line)
             self._send(m.side.other, line, "LOSS", "the forwarded line", m)
             if m.side is SERVER and self.auth is not None and line[:4] == b"234 ":
                 self._go_opaque()
@@ -594,6 +609,7 @@ class Checker:
             self._expect(CloseListener(old.listener), "DATA", "the replaced listener closed")
             self._observe(ExpectationEnded(ExpectationOutcome.REPLACED, old.listen))
         listen = Endpoint(op.face, port)
+        self.replies.announced()
         deadline = self._now + self.policy.expect_timeout
         self.expectation = _Expectation(
             listener, op.match.kind, listen, op.accept_from, op.target, op.dial_from, deadline
@@ -685,6 +701,7 @@ class Checker:
         self._expect(ConnectData(ev.conn, exp.target, source), "DATA", "the dial")
         self._observe(DataStarted(ev.conn, ev.peer, exp.target, mode))
         self.running[ev.conn] = mode
+        self.replies.accepted(ev.conn)
         self.dialing[ev.conn] = SERVER if mode is DataMode.ACTIVE else CLIENT
 
     def _release(self, conn: int) -> None:
@@ -710,7 +727,11 @@ class Checker:
             "result": ev.error or "ok",
             "client": self.faces.client,
         }
-        self._observe(_Want(DataEnded, known))
+        now = self.replies.finished(ev.conn, known, self._now)
+        if now is None:
+            self.seen["reply_awaited"] += 1
+        else:
+            self._observe(_Want(DataEnded, now))
 
     # ---- time and closing ---------------------------------------------------------------
 
@@ -718,6 +739,9 @@ class Checker:
         if self.closed:
             return
         now, exp = self._now, self.expectation
+        for known in self.replies.due(now):
+            self.seen["reply_timeout"] += 1
+            self._observe(_Want(DataEnded, known))
         if exp is not None and now >= exp.deadline:
             self.seen["expired"] += 1
             self.expectation = None
@@ -737,6 +761,8 @@ class Checker:
         if self.closed:
             return
         self.closed = True
+        for known in self.replies.close():
+            self._observe(_Want(DataEnded, known))
         for m in self.sides.values():
             if m.opening is not None:
                 self._expect(CloseListener(m.opening.listener), "CLOSED", "a pending listener")

@@ -7,6 +7,7 @@ generated runs keep it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,10 @@ def converting(mode: str, *ports: int) -> Playbook:
 
 
 def ended(conn: int, mode: DataMode, to_client: int, to_server: int) -> DataEnded:
-    return DataEnded(conn, mode, to_client, to_server, 1.0, "ok", None, "RETR", b"f", "A", F.client)
+    """The converted RETR's data connection, after the server's `226 done` (its final reply)."""
+    return DataEnded(
+        conn, mode, to_client, to_server, 1.0, "ok", None, "RETR", b"f", "A", F.client, b"226 done"
+    )
 
 
 def active_to_passive_until_retr(pb: Playbook) -> None:
@@ -74,6 +78,17 @@ def test_port_becomes_epsv_and_the_client_is_dialed_before_its_150() -> None:
     pb >> server(b"150 ok\r\n226 done\r\n") << both
     pb.at(1.0) >> DataFinished(8, 0, 5, 1.0) << [ended(8, DataMode.ACTIVE, 5, 0)]
     assert not pb.session.conv.active  # type: ignore[union-attr]
+
+
+def test_a_converted_transfer_ended_before_its_550_reports_the_550() -> None:
+    pb = converting("passive")
+    active_to_passive_until_retr(pb)
+    retr = Send(SERVER, RETR)
+    pb >> DataDialed(2, 8) << [retr, Converted("RETR", "PORT", "EPSV"), JoinData(8, 7)]
+    pb >> server(b"150 ok\r\n") << [Send(CLIENT, b"150 ok\r\n")]
+    pb.at(1.0) >> DataFinished(8, 0, 5, 1.0) << []  # waits for the transfer's final reply
+    gone = replace(ended(8, DataMode.ACTIVE, 5, 0), result="550 gone", reply=b"550 gone")
+    pb >> server(b"550 gone\r\n") << [gone, Send(CLIENT, b"550 gone\r\n")]
 
 
 def test_epsv_refused_falls_back_to_pasv_remembered_for_the_session() -> None:

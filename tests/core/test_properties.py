@@ -3,6 +3,7 @@ checker the fuzz target uses too), and framing is invisible (whole vs byte-at-a-
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -82,6 +83,30 @@ EXCHANGE = st.builds(
 )
 
 
+# a passive transfer whose data connection and final reply end in either order (or the
+# reply never comes: time passes, the session ends)
+def transfer_ops(reply: bytes, first: bool, wait: float) -> list[Op]:
+    return [
+        Feed(SERVER, b"227 Entering Passive Mode (172,20,9,80,195,80).\r\n"),
+        Bind(0),
+        Accept(0, 0, 40001),
+        Feed(CLIENT, b"RETR a file\r\n"),
+        Connected(0),
+        *([Feed(SERVER, reply)] if first else []),
+        Finish(0, 0, 7),
+        *([Tick(wait)] if wait else []),
+        *([] if first else [Feed(SERVER, reply)]),
+    ]
+
+
+TRANSFER = st.builds(
+    transfer_ops,
+    st.sampled_from([b"226 Done\r\n", b"550 No such file.\r\n", b"426 Aborted.\r\n"]),
+    st.booleans(),
+    st.sampled_from([0.0, 0.0, 4.9, 5.0]),
+)
+
+
 @st.composite
 def runs(draw: st.DrawFn, tls: bool = False) -> tuple[Setup, list[Op]]:
     """Both sides' streams cut into chunks anywhere, interleaved with the other events;
@@ -99,8 +124,10 @@ def runs(draw: st.DrawFn, tls: bool = False) -> tuple[Setup, list[Op]]:
             cut = draw(st.integers(1, len(streams[side])))
             ops.append(Feed(side, bytes(streams[side][:cut])))
             del streams[side][:cut]
-        elif choice < 7:
+        elif choice < 6:
             ops += draw(EXCHANGE)
+        elif choice < 7:
+            ops += draw(TRANSFER)
         else:
             ops.append(draw(OTHER_OPS))
     ops += [Feed(side, bytes(rest)) for side, rest in streams.items() if rest]
@@ -152,3 +179,32 @@ def test_whole_vs_byte_at_a_time(client: bytes, server: bytes, faces: int) -> No
     singles = [(CLIENT, client[i : i + 1]) for i in range(len(client))]
     singles += [(SERVER, server[i : i + 1]) for i in range(len(server))]
     assert feed_all(setup, singles) == whole
+
+
+@pytest.mark.parametrize("wait", [0.0, 4.9, 5.0])
+@pytest.mark.parametrize("reply", [b"226 Done\r\n", b"550 No such file.\r\n", b"426 Gone\r\n"])
+@pytest.mark.parametrize("reply_first", [True, False])
+def test_a_data_connection_and_its_final_reply_in_either_order(
+    reply_first: bool, reply: bytes, wait: float
+) -> None:
+    """The checker's REPLY-ORDER model against the session for each order: the reply before
+    the data connection ends, after it (held), within or after `REPLY_WAIT`."""
+    r = run(Setup(), transfer_ops(reply, reply_first, wait))
+    if reply_first:
+        assert r.checker.seen["reply_awaited"] == 0
+    else:
+        assert r.checker.seen["reply_awaited"] == 1
+        timed_out = r.checker.seen["reply_timeout"]
+        assert (timed_out, r.checker.seen["reply_released"]) == ((1, 0) if wait >= 5 else (0, 1))
+    assert r.checker.seen["DataEnded"] == 1
+
+
+def test_a_failed_login_keeps_every_invariant() -> None:
+    ops: list[Op] = [
+        Feed(SERVER, b"220 hi\r\n"),
+        Feed(CLIENT, b"USER bob\r\nPASS nope\r\n"),  # pipelined: paired in order
+        Feed(SERVER, b"331 Password?\r\n530-Login\r\n530 incorrect.\r\n"),
+        Feed(CLIENT, b"USER nobody\r\n"),
+        Feed(SERVER, b"530 No such user.\r\n"),
+    ]
+    assert run(Setup(), ops).checker.seen["login_failed"] == 2

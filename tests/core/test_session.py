@@ -113,10 +113,22 @@ def ended(
     command: str | None = None,
     path: bytes | None = None,
     type: str = "A",
+    reply: bytes | None = None,
 ) -> DataEnded:
     """The DataEnded of a connection of the FACES_V4 client; unnamed: "ok", nothing known."""
     return DataEnded(
-        conn, mode, to_client, to_server, seconds, result, user, command, path, type, F.client
+        conn,
+        mode,
+        to_client,
+        to_server,
+        seconds,
+        result,
+        user,
+        command,
+        path,
+        type,
+        F.client,
+        reply,
     )
 
 
@@ -440,12 +452,18 @@ def test_client_lines_wait_for_a_passive_dial() -> None:
     (
         pb
         >> DataFinished(4, 0, 0, 0.1, error="connect refused")
-        << [
-            Send(SERVER, b"RETR x\r\n"),  # released first, so the record knows the command
-            ended(4, PASSIVE, 0, 0, 0.1, result="connect refused", command="RETR", path=b"x"),
-        ]
+        << [Send(SERVER, b"RETR x\r\n")]  # released; its data_finished waits for the reply
     )
     assert pb.session.backlog(CLIENT) == 0
+    failed = b"425 No data connection"
+    (
+        pb
+        >> server(failed + b"\r\n")
+        << [
+            ended(4, PASSIVE, 0, 0, 0.1, "connect refused", None, "RETR", b"x", reply=failed),
+            Send(CLIENT, failed + b"\r\n"),
+        ]
+    )
 
 
 def test_pipelined_and_split_lines() -> None:  # kernel §8 items 15, 16 and 31 differ
@@ -872,9 +890,9 @@ def test_a_passive_download_from_greeting_to_quit() -> None:
     pb >> client(b"RETR a.bin\r\n") << []  # waits for the dial to the server
     pb >> DataConnected(4) << [Send(SERVER, b"RETR a.bin\r\n")]
     pb >> server(b"150 Opening\r\n") << [Send(CLIENT, b"150 Opening\r\n")]
-    done = ended(4, PASSIVE, 1 << 20, 0, 1.5, "ok", b"alice", "RETR", b"a.bin", "I")
-    pb.at(2.5) >> DataFinished(4, 0, 1 << 20, 1.5) << [done]
-    pb >> server(b"226 Done\r\n") << [Send(CLIENT, b"226 Done\r\n")]
+    done = ended(4, PASSIVE, 1 << 20, 0, 1.5, "ok", b"alice", "RETR", b"a.bin", "I", b"226 Done")
+    pb.at(2.5) >> DataFinished(4, 0, 1 << 20, 1.5) << []  # reported with the final reply
+    pb >> server(b"226 Done\r\n") << [done, Send(CLIENT, b"226 Done\r\n")]
     pb >> client(b"QUIT\r\n") << [Send(SERVER, b"QUIT\r\n")]
     pb >> server(b"221 Bye\r\n") << [Send(CLIENT, b"221 Bye\r\n")]
     pb >> server(b"") << [ShutdownWrite(CLIENT)]

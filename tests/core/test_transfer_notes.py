@@ -3,7 +3,13 @@ gives refusals and session ends the typed fields the metrics need."""
 
 from __future__ import annotations
 
-from ftpalg.core.messages import Action, DataAccepted, DataFinished, ListenerOpened
+from ftpalg.core.messages import (
+    Action,
+    DataAccepted,
+    DataConnected,
+    DataFinished,
+    ListenerOpened,
+)
 from ftpalg.core.observations import (
     CommandRefused,
     DataEnded,
@@ -31,9 +37,12 @@ def passive(s: Session, listener: int, conn: int, now: float) -> None:
 def test_command_before_or_after_the_connection_is_noted() -> None:
     s = new_session()
     s.receive(CLIENT, b"USER alice\r\nPASS s3cret\r\nTYPE I\r\n", 0.0)
+    s.receive(SERVER, b"331 Password.\r\n230 In.\r\n200 Binary.\r\n", 0.0)
     passive(s, 1, 1, 0.0)  # connect first, then the command (ftplib's passive order)
     s.receive(CLIENT, b"RETR dir/a file.bin\r\n", 0.0)
+    s.handle(DataConnected(1), 0.0)
     s.receive(CLIENT, b"STOR ignored.bin\r\n", 0.0)  # not for this connection
+    s.receive(SERVER, b"226 Sent.\r\n", 0.0)
     done = ended(s.handle(DataFinished(1, 0, 10, 0.1), 1.0))
     assert (done.user, done.command, done.path, done.type) == (
         b"alice",
@@ -45,6 +54,7 @@ def test_command_before_or_after_the_connection_is_noted() -> None:
     s.receive(CLIENT, b"PORT 172,20,9,84,18,67\r\nTYPE A\r\nLIST\r\n", 2.0)  # command first
     s.handle(ListenerOpened(2, 4675), 2.0)
     s.handle(DataAccepted(2, 2, ep("172.20.9.80:20")), 2.0)
+    s.receive(SERVER, b"226 Listed.\r\n", 2.0)  # its final reply: reported at once
     done = ended(s.handle(DataFinished(2, 5, 0, 0.1), 3.0))
     assert (done.command, done.path, done.type) == ("LIST", b"", "A")
 

@@ -60,7 +60,7 @@ def test_random_programs_reach_every_situation() -> None:
         *("stale", "malformed", "refused", "unrepresentable", "framing_error", "eof_passed"),
         *("line_timeout", "idle_timeout", "UnterminatedAddressLineDropped", "DataEnded"),
         *("ReplyAddressMismatch", "ListenerFailed", "DataConnected", "DataFinished"),
-        *("CloseRequested", "TimerFired"),
+        *("CloseRequested", "TimerFired", "LoginFailed"),
     ]
     assert [s for s in situations if not seen[s]] == []
 

@@ -117,6 +117,10 @@ class Site:
     digest: str
 
 
+# debug: the command/reply trace must stop where the control channel becomes TLS
+DEBUG_KERNEL = ["--listen", "0.0.0.0:21", "--data-plane", "kernel", "--log-level", "debug"]
+
+
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     """A closed gateway (forward policy drop + the rule for ftpalg's tag), the kernel plane."""
@@ -125,7 +129,7 @@ def site() -> Iterator[Site]:
         apply_closed_gateway(lab, pinholes=True)
         server = start_server(lab, "vsftpd-tls", lab.addresses.servers_v4[1])
         digest = make_file(server.root, "f.bin", SIZE, seed=13)
-        alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--data-plane", "kernel"])
+        alg = start_ftpalg(lab, DEBUG_KERNEL)
         yield Site(lab, server, alg, digest)
     finally:
         lab.close()
@@ -153,6 +157,16 @@ def test_passthrough_with_every_client(site: Site, tmp_path: Path) -> None:
     assert windows and all(w["opened"] for w in windows), windows
     assert wait_until(lambda: window_elements(lab) == [], 10)  # closed with the sessions
     assert "AUTH TLS" in server.log_text()  # the server itself negotiated TLS
+    opaque: set[str] = set()  # sessions whose control channel is TLS passed through
+    traced: list[str] = []
+    for e in alg.events(since=mark):
+        if e["event"] == "tls_passthrough":
+            opaque.add(e["session"])
+        elif e["event"] in ("command", "reply"):
+            assert e["session"] not in opaque, e  # nothing traced after the 234
+            traced.append(e["line"])
+    assert len(opaque) >= 4 and sum(line.startswith("AUTH") for line in traced) >= 4, traced
+    assert sum(line.startswith("234") for line in traced) >= 4, traced
 
 
 def test_the_window_is_this_clients_only(site: Site) -> None:
@@ -199,7 +213,7 @@ def test_refuse_answers_auth_and_the_server_never_sees_it(site: Site) -> None:
         assert "AUTH" not in server.log_text()[len(before) :]
     finally:
         alg.stop()
-        site.alg = start_ftpalg(lab, ["--listen", "0.0.0.0:21", "--data-plane", "kernel"])
+        site.alg = start_ftpalg(lab, DEBUG_KERNEL)
 
 
 def masquerading_gateway(lab: Lab) -> str:

@@ -101,7 +101,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         digest = make_file(server.root, "f.bin", SIZE, seed=21)
         cert, key = self_signed(tmp_path_factory.mktemp("tls"))
         host = str(a.gw_outside_v4)
-        alg = start_alg(lab, host, str(a.client_v4), cert, key)
+        alg = start_alg(lab, host, str(a.client_v4), cert, key, "--log-level", "debug")
         yield Site(lab, server, alg, host, digest, cert, key)
     finally:
         lab.close()
@@ -150,6 +150,11 @@ def test_terminate_with_every_client(site: Site, tmp_path: Path) -> None:
     for verb in ("AUTH", "PBSZ", "PROT"):
         assert f'"{verb}' not in seen, seen[-2000:]
     assert "RETR" in seen and "STOR" in seen  # the plain commands did arrive
+    # debug: the decrypted lines are traced, the password never
+    commands = [e["line"] for e in site.alg.named("command", since=mark)]
+    assert "PASS ****\\r\\n" in commands and "RETR f.bin\\r\\n" in commands, commands
+    assert "AUTH TLS\\r\\n" in commands  # answered by ftpalg itself, traced too
+    assert b"lab@" not in site.alg.log_since(mark)
 
 
 def test_implicit_ftps(site: Site, tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ def test_rewrites_and_transfers_are_logged(gw: Gateway, since: Baseline, tmp_pat
         assert e["seconds"] >= 0
     opened = since.named("session_opened")
     assert len(opened) == len(modes) and all(e["mode"] == "transparent" for e in opened)
+    assert since.named("command") == since.named("reply") == []  # the trace: debug only
 
 
 def test_sigterm_removes_kernel_state() -> None:
