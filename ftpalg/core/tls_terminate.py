@@ -34,9 +34,11 @@ MECHANISMS = (b"TLS", b"SSL", b"TLS-C")
 
 
 def _split(line: bytes) -> tuple[bytes, bytes]:
-    text = line.rstrip(b"\r\n")
-    verb, _, arg = text.partition(b" ")
-    return verb.upper(), arg.strip().upper()
+    """Verb and argument, leading and separating white space ignored: a server that
+    tolerates ` PASS x` must not get it in clear under require_tls."""
+    words = line.split(None, 1)
+    verb = words[0].upper() if words else b""
+    return verb, (words[1].strip().upper() if len(words) > 1 else b"")
 
 
 class Terminate:

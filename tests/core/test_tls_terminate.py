@@ -55,6 +55,9 @@ def test_require_tls_refuses_a_login_in_clear() -> None:
     pb = Playbook(policy=CorePolicy(tls="terminate", require_tls=True))
     pb >> client(b"USER anonymous\r\n") << [Send(CLIENT, T.TLS_REQUIRED)]
     pb >> client(b"PASS secret\r\n") << [Send(CLIENT, T.TLS_REQUIRED)]
+    # white space before the verb or a tab after it: still a login (servers may accept it)
+    pb >> client(b"  PASS secret\r\n") << [Send(CLIENT, T.TLS_REQUIRED)]
+    pb >> client(b"user\tanonymous\r\n") << [Send(CLIENT, T.TLS_REQUIRED)]
     pb >> client(b"SYST\r\n") << [Send(SERVER, b"SYST\r\n")]
     secured(pb)
     pb >> client(b"USER anonymous\r\n") << [Send(SERVER, b"USER anonymous\r\n")]
