@@ -10,8 +10,10 @@ from the same side wait behind a held line, so order is always kept. Likewise, w
 dials the far end of an accepted data connection, control lines from the side that connected
 wait: end to end, a `226` can never overtake the data connection it reports on (a server
 that sends an empty file in active mode would otherwise finish before the client is dialed).
-Per-side state lives in direction.py, the data connections in datapath.py; see expect.py
-for the life of an announced data connection, ledger.py for the kernel's seq correction.
+Per-side state lives in direction.py, the data connections in datapath.py; the line
+dispatch (conversion, NAT64, plain) in lines.py, the listeners of address lines in
+announce.py; see expect.py for the life of an announced data connection, ledger.py for the
+kernel's seq correction.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 from typing import assert_never
 
 from ftpalg.core import policy as P
+from ftpalg.core.announce import Announcing
 from ftpalg.core.convert import Converter
 from ftpalg.core.datapath import DataLegs
 from ftpalg.core.direction import Direction, drop_sends_after_shutdown
-from ftpalg.core.expect import Expectation, PendingOpen
+from ftpalg.core.expect import Expectation
 from ftpalg.core.framer import LineFramer
 from ftpalg.core.ledger import SeqCorrection
+from ftpalg.core.lines import Lines
 from ftpalg.core.messages import (
     Action,
     CloseListener,
@@ -36,45 +40,34 @@ from ftpalg.core.messages import (
     DataFinished,
     DataReceived,
     DialFailed,
-    Endpoint,
     Event,
     Faces,
     ListenerFailed,
     ListenerOpened,
-    OpenListener,
     RejectData,
     Send,
     ShutdownWrite,
     Side,
     TimerFired,
 )
-from ftpalg.core.nat64 import Nat64, rendered, strip_telnet, translated
+from ftpalg.core.nat64 import Nat64, translated
 from ftpalg.core.observations import (
-    CommandRefused,
     ExpectationEnded,
     ExpectationOutcome,
-    MalformedCommandRefused,
-    MalformedReplyForwarded,
-    NoDataPort,
     ProtocolViolation,
-    ReplyAddressMismatch,
-    RewriteImpossible,
-    Rewritten,
     SessionClosed,
     UnterminatedAddressLineDropped,
 )
-from ftpalg.core.ports import PortChooser, RandomSource
-from ftpalg.core.rewrite import Unrepresentable, replacement, splice
+from ftpalg.core.ports import RandomSource
 from ftpalg.core.tls import TlsControl
-from ftpalg.core.trace import LineTraced, rewritten_line, traced_line
 from ftpalg.core.transfer import CommandNotes
-from ftpalg.core.wire import Malformed, Match, parse_client_line, parse_server_line
+from ftpalg.core.wire import parse_client_line, parse_server_line
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 __all__ = ["Faces", "Session"]
 
 
-class Session:
+class Session(Lines, Announcing):
     def __init__(self, faces: Faces, policy: P.CorePolicy, now: float, rng: RandomSource):
         self.faces = faces
         self.policy = policy
@@ -253,194 +246,6 @@ class Session:
     def _new_id(self) -> int:
         self._next_listener += 1
         return self._next_listener - 1
-
-    def _line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
-        conv, nat = self.conv, self.nat
-        if nat is not None:
-            self._nat64_line(nat, side, offset, line, out)
-        elif conv is None:
-            self._plain_line(side, offset, line, out)
-        elif side is CLIENT:
-            if not conv.client_line(line, out, self._last_activity):
-                mark = len(out)
-                self._plain_line(side, offset, line, out)
-                conv.sent(out, mark)
-        else:  # replies are counted; a reply may let a held client command go
-            if not conv.server_line(line, out):
-                self._plain_line(side, offset, line, out)
-            self._drain(CLIENT, self._last_activity, out)
-
-    def _nat64_line(
-        self, nat: Nat64, side: Side, offset: int, line: bytes, out: list[Action]
-    ) -> None:
-        line = strip_telnet(side, line, out)
-        if not line:
-            return
-        if side is CLIENT:
-            if not nat.client_line(line, out):
-                mark = len(out)
-                self._plain_line(side, offset, line, out)
-                nat.sent(out, mark)
-            return
-        listen = self.expectation.listen if self.expectation is not None else None
-        if not nat.server_line(line, listen, out):
-            self._plain_line(side, offset, line, out)
-        self._drain(CLIENT, self._last_activity, out)  # a reply may release a held command
-
-    def _traced(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
-        """`_line` under --log-level debug: with its `command`/`reply` event (trace.py)."""
-        direction = self.sides[side]
-        traced_line(
-            side,
-            line,
-            out,
-            lambda: self._line(side, offset, line, out),
-            lambda: direction.opening is not None and direction.opening.line is line,
-        )
-
-    def _plain_line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
-        if side is SERVER and self.notes.waiting:  # a reply of interest is due: transfer.py
-            self.notes.server_line(line, out)
-        parse = parse_client_line if side is CLIENT else parse_server_line
-        parsed = parse(line, self.sides[side].v6)
-        if parsed is None:
-            if side is CLIENT:
-                if self.tls.client_line(line, out, self.sides[CLIENT]):
-                    return
-                self.notes.client_line(line)
-            elif self.tls.terminate is not None:  # FEAT: our TLS features added
-                line = self.tls.terminate.server_line(line)
-            out.append(Send(side.other, line))
-            if side is SERVER and self.tls.accepts(line):
-                self.tls.go_opaque(self.sides, self.faces, out)
-        elif isinstance(parsed, Malformed):
-            if side is CLIENT:  # never let the server act on an address we did not understand
-                out.append(Send(CLIENT, P.malformed_reply(parsed.kind, parsed.reason)))
-                out.append(MalformedCommandRefused(parsed.kind, parsed.reason, line))
-            else:
-                out.append(Send(CLIENT, line))
-                out.append(MalformedReplyForwarded(parsed.kind, parsed.reason, line))
-        else:
-            self._address_line(side, offset, line, parsed, out)
-
-    def _address_line(
-        self, side: Side, offset: int, line: bytes, match: Match, out: list[Action]
-    ) -> None:
-        plan = P.plan_data(match, self.faces, self.policy)
-        if isinstance(plan, P.Refused):
-            out.append(Send(CLIENT, plan.reply))
-            out.append(CommandRefused(plan.reason, line, plan.reply))
-            return
-        if side is SERVER and match.address not in (None, self.faces.server.host):
-            out.append(ReplyAddressMismatch(line, str(plan.target.host)))
-        render, shown = None, plan.shown
-        if self.nat is not None:
-            render, shown = self.nat.render(match, plan.target.host, shown)
-        try:
-            if render is None:
-                replacement(match.kind, shown, match.port)
-        except Unrepresentable as exc:
-            out.append(RewriteImpossible(line, str(exc)))
-            out.append(Send(CLIENT, P.UNREPRESENTABLE if side is CLIENT else line))
-            return
-        listener = self._next_listener
-        self._next_listener += 1
-        policy = self.policy
-        chooser = PortChooser(
-            match.port, policy.data_ports, self.rng, policy.port_tries, policy.strict_data_ports
-        )
-        self.sides[side].opening = PendingOpen(
-            listener,
-            side,
-            offset,
-            line,
-            match,
-            plan.face,
-            shown,
-            plan.accept_from,
-            plan.target,
-            plan.dial_from,
-            chooser,
-            render,
-        )
-        out.append(
-            OpenListener(
-                listener, plan.face, chooser.first, plan.accept_from, plan.target, plan.dial_from
-            )
-        )
-
-    # ---- listeners ----------------------------------------------------------------------
-
-    def _pending(self, listener: int) -> PendingOpen | None:
-        for direction in self.sides.values():
-            if direction.opening is not None and direction.opening.listener == listener:
-                return direction.opening
-        return None
-
-    def _on_listener_opened(self, ev: ListenerOpened, now: float, out: list[Action]) -> None:
-        pending = self._pending(ev.listener)
-        if pending is None or self.closed:
-            out.append(CloseListener(ev.listener))
-            return
-        side, match = pending.side, pending.match
-        self.sides[side].opening = None
-        if pending.render is not None:  # NAT64: a 227 shown as a 229, an EPRT sent as PORT
-            new_line = rendered(pending.render, pending.shown, ev.port)
-        else:
-            new_line = splice(pending.line, match, replacement(match.kind, pending.shown, ev.port))
-        delta = len(new_line) - len(pending.line)
-        self.ledger[side].record(pending.offset + 1, delta)  # relative TCP sequence number
-        if self.expectation is not None:
-            out.append(CloseListener(self.expectation.listener))
-            out.append(ExpectationEnded(ExpectationOutcome.REPLACED, self.expectation.listen))
-        listen = Endpoint(pending.face, ev.port)
-        self.notes.announced()
-        deadline = now + self.policy.expect_timeout
-        self.expectation = Expectation(
-            ev.listener,
-            match.kind,
-            listen,
-            pending.accept_from,
-            pending.target,
-            pending.dial_from,
-            deadline,
-        )
-        out.append(Send(side.other, new_line))
-        if self.trace:
-            out.append(rewritten_line(side, pending.line, new_line))
-        if self.conv is not None and side is CLIENT:
-            self.conv.owners.append("client")
-        if self.nat is not None and side is CLIENT:
-            self.nat.announced(match.kind, pending.render, listen, out)
-        offset_after = self.ledger[side].offset_after
-        out.append(
-            Rewritten(
-                match.kind, pending.line, new_line, listen, pending.target, delta, offset_after
-            )
-        )
-        self._drain_after_open(side, now, out)
-
-    def _on_listener_failed(self, ev: ListenerFailed, now: float, out: list[Action]) -> None:
-        pending = self._pending(ev.listener)
-        if pending is None or self.closed:
-            return
-        port = pending.chooser.next_port()
-        if port is not None:
-            p = pending
-            out.append(OpenListener(p.listener, p.face, port, p.accept_from, p.target, p.dial_from))
-            return
-        self.sides[pending.side].opening = None
-        reply = P.NO_PORT_FOR_ACTIVE if pending.side is CLIENT else P.NO_PORT_FOR_PASSIVE
-        out.append(Send(CLIENT, reply))
-        out.append(NoDataPort(pending.line, ev.error))
-        if self.trace:
-            out.append(LineTraced(pending.side, pending.line))
-        self._drain_after_open(pending.side, now, out)
-
-    def _drain_after_open(self, side: Side, now: float, out: list[Action]) -> None:
-        self._drain(side, now, out)
-        if self.nat is not None and side is SERVER:  # ftpalg's own answers waited for it
-            self._drain(CLIENT, now, out)
 
     def _release_dial(self, conn: int, now: float, out: list[Action]) -> None:
         side = self.data.dial_done(conn)
