@@ -46,6 +46,8 @@ def parse_prefix(text: str) -> IPv6Network:
 
 def check_prefix(network: IPv6Network) -> IPv6Network:
     """The checks of `parse_prefix` for a network made elsewhere (Config's own check)."""
+    if not isinstance(network, IPv6Network):
+        raise TypeError("an IPv6 network")
     return parse_prefix(str(network))
 
 
