@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables iproute2 vsftpd lftp curl tcpdump conntrack procps make)
+APT_PACKAGES=(nftables iproute2 vsftpd lftp curl wget tayga tcpdump conntrack procps make)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,10 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The lab runs its FTP servers privately inside network namespaces; what apt enables on the
-# host (vsftpd listening on [::]:21 with local logins, SuSE ftp-proxy from bench/setup.sh) is
-# disabled and masked, and stopped through systemd when it runs. Never through init scripts:
-# they stop every process of the binary, the lab's own servers included.
-for unit in vsftpd ftp-proxy; do
+# host (vsftpd listening on [::]:21 with local logins, SuSE ftp-proxy from bench/setup.sh,
+# Tayga's NAT64 on a host tun device with NAT44) is disabled and masked, and stopped through
+# systemd when it runs. Never through init scripts: they stop every process of the binary,
+# the lab's own servers included.
+for unit in vsftpd ftp-proxy tayga; do
   if [ "$(id -u)" -eq 0 ] && command -v systemctl >/dev/null \
     && [ -n "$(systemctl list-unit-files "$unit.service" --no-legend 2>/dev/null)" ]; then
     if [ -d /run/systemd/system ]; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
