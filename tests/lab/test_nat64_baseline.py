@@ -7,7 +7,9 @@ network-specific prefix 2001:db8:64::/96 (Tayga refuses documentation addresses 
 well-known prefix). Through Tayga the control connection works and a plain `EPSV` against a
 server that knows it too; the failures NAT64 users report are reproduced — `EPSV 2` (wget)
 answered 522 by an IPv4 server, `EPRT |2|` refused, a server without EPSV unusable from an
-IPv6 client — and each of them works through ftpalg.
+IPv6 client — and each of them works through ftpalg, alone (a gateway that forwards nothing)
+or in front of Tayga (the deployment of docs/nat64.md: ftpalg's TPROXY rules take FTP before
+the routing decision sends the prefix to Tayga's tun device; everything else goes to Tayga).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpalg.lab.alg import start_ftpalg
+from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.gateway import apply_closed_gateway, apply_routing
 from ftpalg.lab.nat64 import NAT64_MODES, NSP, make_ipv6_only, nat64_target, start_tayga
 from ftpalg.lab.netns import Lab
@@ -36,13 +38,14 @@ _names = itertools.count()
 
 @dataclass
 class Gateway:
-    kind: str  # "tayga" or "ftpalg"
+    kind: str  # "tayga", "ftpalg" or "ftpalg+tayga"
     lab: Lab
     servers: dict[str, FtpServer]
     files: dict[str, str]  # server -> sha256 of data.bin
+    alg: AlgProcess | None
 
 
-@pytest.fixture(scope="module", params=["tayga", "ftpalg"])
+@pytest.fixture(scope="module", params=["tayga", "ftpalg", "ftpalg+tayga"])
 def gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
     lab = start_lab()
     try:
@@ -54,13 +57,15 @@ def gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
             "rfc959": start_rfc959(lab, a.servers_v4[3]),
         }
         files = {name: make_file(srv.root, "data.bin", SIZE) for name, srv in servers.items()}
-        if request.param == "tayga":
+        alg = None
+        if "tayga" in request.param:
             apply_routing(lab)
             start_tayga(lab, NSP)
         else:
             apply_closed_gateway(lab)
-            start_ftpalg(lab, ["--listen", "[::]:21", "--nat64-prefix", str(NSP)])
-        yield Gateway(request.param, lab, servers, files)
+        if "ftpalg" in request.param:
+            alg = start_ftpalg(lab, ["--listen", "[::]:21", "--nat64-prefix", str(NSP)])
+        yield Gateway(request.param, lab, servers, files, alg)
     finally:
         lab.close()
 
@@ -107,7 +112,7 @@ def test_extended_commands_naming_ipv6(
 ) -> None:
     """An IPv4 server refuses network protocol 2; through ftpalg it is translated."""
     (reply,) = raw(gateway, server, [command])
-    if gateway.kind == "tayga":
+    if gateway.alg is None:
         assert reply.startswith(refused), reply
     else:
         assert reply.startswith("229 " if command.startswith("EPSV") else "200 "), reply
@@ -134,10 +139,17 @@ def test_clients_that_fail_without_an_alg(
 ) -> None:
     target = nat64_target(gateway.servers[server], NSP)
     local = tmp_path / f"d{next(_names)}.bin"
+    mark = gateway.alg.mark() if gateway.alg is not None else 0
     result = NAT64_MODES[mode](gateway.lab, target, "data.bin", local, False, 15)
     assert result is not None
-    if gateway.kind == "tayga":
+    if gateway.alg is None:
         assert not result.ok, f"{mode} against {server} worked through a NAT64 without ALG"
     else:
         assert result.ok, result.detail
         assert result.sha256 == gateway.files[server]
+        (opened,) = gateway.alg.named("session_opened", since=mark)  # ftpalg carried it
+        assert opened["nat64"] is True and opened["server"] == f"{target_v4(gateway, server)}:21"
+
+
+def target_v4(gateway: Gateway, server: str) -> str:
+    return str(gateway.servers[server].address)
