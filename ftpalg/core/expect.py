@@ -33,6 +33,7 @@ class PendingOpen:
     target: Endpoint
     dial_from: Address
     chooser: PortChooser  # the ports to try when the first cannot be bound
+    render: str | None = None  # NAT64 (core/nat64.py): the line is written anew, not spliced
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,6 +287,16 @@ class Converted(Observation):
 
 
 @dataclass(frozen=True, slots=True)
+class Translated64(Observation):
+    """RFC 6384 (core/nat64.py): ftpalg sent `upstream` in place of the client's `client`
+    command, because the IPv4 server refused it or was known to."""
+
+    EVENT = "nat64_translated"
+    client: str
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed(Observation):
     EVENT = "session_closed"
     reason: str

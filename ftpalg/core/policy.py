@@ -33,6 +33,7 @@ class CorePolicy:
     tls: str = "passthrough"  # what AUTH gets: passthrough, refuse, terminate (core/tls.py)
     data_policy: str = "client"  # data-mode conversion (core/convert.py): client = none
     require_tls: bool = False  # terminate: USER/PASS before AUTH refused (tls_terminate.py)
+    nat64: bool = True  # RFC 6384 on sessions from an IPv6 client to an IPv4 server (nat64.py)
 
 
 def reply(code: int, text: str) -> bytes:

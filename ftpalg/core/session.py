@@ -48,6 +48,7 @@ from ftpalg.core.messages import (
     Side,
     TimerFired,
 )
+from ftpalg.core.nat64 import Nat64, rendered, strip_telnet, translated
 from ftpalg.core.observations import (
     CommandRefused,
     ExpectationEnded,
@@ -95,6 +96,8 @@ class Session:
             else Converter(faces, policy, rng, self._new_id, self.notes)
         )
         self.tls = TlsControl(policy.tls, policy.require_tls)  # AUTH: tls.py
+        cross = translated(faces.client.host, faces.server.host)  # RFC 6384: nat64.py
+        self.nat = Nat64() if cross and policy.nat64 and self.conv is None else None
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -190,6 +193,11 @@ class Session:
     def _blocked(self, side: Side) -> bool:
         if self.conv is not None and self.conv.blocks(side, self.sides[side]):
             return True
+        if self.nat is not None and side is CLIENT:
+            held = self.sides[CLIENT].held
+            busy = self.sides[SERVER].opening is not None  # a reply waits for its listener
+            if self.nat.blocks(held[0][1] if held else None, busy):
+                return True
         return self.sides[side].opening is not None or self.data.waiting(side)
 
     def _drain(self, side: Side, now: float, out: list[Action]) -> None:
@@ -238,8 +246,10 @@ class Session:
         return self._next_listener - 1
 
     def _line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
-        conv = self.conv
-        if conv is None:
+        conv, nat = self.conv, self.nat
+        if nat is not None:
+            self._nat64_line(nat, side, offset, line, out)
+        elif conv is None:
             self._plain_line(side, offset, line, out)
         elif side is CLIENT:
             if not conv.client_line(line, out, self._last_activity):
@@ -250,6 +260,23 @@ class Session:
             if not conv.server_line(line, out):
                 self._plain_line(side, offset, line, out)
             self._drain(CLIENT, self._last_activity, out)
+
+    def _nat64_line(
+        self, nat: Nat64, side: Side, offset: int, line: bytes, out: list[Action]
+    ) -> None:
+        line = strip_telnet(side, line, out)
+        if not line:
+            return
+        if side is CLIENT:
+            if not nat.client_line(line, out):
+                mark = len(out)
+                self._plain_line(side, offset, line, out)
+                nat.sent(out, mark)
+            return
+        listen = self.expectation.listen if self.expectation is not None else None
+        if not nat.server_line(line, listen, out):
+            self._plain_line(side, offset, line, out)
+        self._drain(CLIENT, self._last_activity, out)  # a reply may release a held command
 
     def _plain_line(self, side: Side, offset: int, line: bytes, out: list[Action]) -> None:
         parse = parse_client_line if side is CLIENT else parse_server_line
@@ -284,8 +311,12 @@ class Session:
             return
         if side is SERVER and match.address not in (None, self.faces.server.host):
             out.append(ReplyAddressMismatch(line, str(plan.target.host)))
+        render, shown = None, plan.shown
+        if self.nat is not None:
+            render, shown = self.nat.render(match, plan.target.host, shown)
         try:
-            replacement(match.kind, plan.shown, match.port)
+            if render is None:
+                replacement(match.kind, shown, match.port)
         except Unrepresentable as exc:
             out.append(RewriteImpossible(line, str(exc)))
             out.append(Send(CLIENT, P.UNREPRESENTABLE if side is CLIENT else line))
@@ -303,11 +334,12 @@ class Session:
             line,
             match,
             plan.face,
-            plan.shown,
+            shown,
             plan.accept_from,
             plan.target,
             plan.dial_from,
             chooser,
+            render,
         )
         out.append(
             OpenListener(
@@ -330,7 +362,10 @@ class Session:
             return
         side, match = pending.side, pending.match
         self.sides[side].opening = None
-        new_line = splice(pending.line, match, replacement(match.kind, pending.shown, ev.port))
+        if pending.render is not None:  # NAT64: a 227 shown as a 229, an EPRT sent as PORT
+            new_line = rendered(pending.render, pending.shown, ev.port)
+        else:
+            new_line = splice(pending.line, match, replacement(match.kind, pending.shown, ev.port))
         delta = len(new_line) - len(pending.line)
         self.ledger[side].record(pending.offset + 1, delta)  # relative TCP sequence number
         if self.expectation is not None:
@@ -351,13 +386,15 @@ class Session:
         out.append(Send(side.other, new_line))
         if self.conv is not None and side is CLIENT:
             self.conv.owners.append("client")
+        if self.nat is not None and side is CLIENT:
+            self.nat.announced(match.kind, pending.render, listen, out)
         offset_after = self.ledger[side].offset_after
         out.append(
             Rewritten(
                 match.kind, pending.line, new_line, listen, pending.target, delta, offset_after
             )
         )
-        self._drain(side, now, out)
+        self._drain_after_open(side, now, out)
 
     def _on_listener_failed(self, ev: ListenerFailed, now: float, out: list[Action]) -> None:
         pending = self._pending(ev.listener)
@@ -372,7 +409,12 @@ class Session:
         reply = P.NO_PORT_FOR_ACTIVE if pending.side is CLIENT else P.NO_PORT_FOR_PASSIVE
         out.append(Send(CLIENT, reply))
         out.append(NoDataPort(pending.line, ev.error))
-        self._drain(pending.side, now, out)
+        self._drain_after_open(pending.side, now, out)
+
+    def _drain_after_open(self, side: Side, now: float, out: list[Action]) -> None:
+        self._drain(side, now, out)
+        if self.nat is not None and side is SERVER:  # ftpalg's own answers waited for it
+            self._drain(CLIENT, now, out)
 
     def _release_dial(self, conn: int, now: float, out: list[Action]) -> None:
         side = self.data.dial_done(conn)

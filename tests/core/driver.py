@@ -57,7 +57,7 @@ class Setup:
     port_tries: int = 3
     auto_bind: bool = False  # bind every listener at once on the port asked for
     seed: int = 0
-    tls: str = "passthrough"  # or "refuse": what AUTH gets
+    tls: str = "passthrough"  # or "refuse", "terminate": what AUTH gets
     strict_data_ports: bool = False  # reverse mode's range-only listeners
     announce: bool = False  # reverse mode's 227 address behind a DNAT (both IP versions)
 
@@ -74,6 +74,7 @@ class Setup:
             strict_data_ports=self.strict_data_ports,
             tls=self.tls,
             announce=ANNOUNCE if self.announce else (),
+            nat64=False,  # the checker models the plain ALG; test_nat64*.py the translation
         )
 
 
@@ -270,6 +271,10 @@ CLIENT_LINES = (
     b"SITE " + b"x" * 70 + b"\r\n",  # longer than a 64-byte limit
     b"AUTH TLS\r\n",
     b"\x16\x03\x01\x00\x05hello",  # a TLS record: binary, NUL, no line end
+    b"PBSZ 0\r\n",  # tls = terminate answers these itself
+    b"PROT P\r\n",
+    b"PROT C\r\n",
+    b"FEAT\r\n",
 )
 SERVER_LINES = (
     b"220 ready\r\n",
@@ -287,5 +292,6 @@ SERVER_LINES = (
     b"421 bye\r\n",
     b"\r\n",
     b"234 AUTH TLS OK.\r\n",
+    b"211-Features:\r\n EPSV\r\n211 End\r\n",  # FEAT: terminate adds its TLS features
     b"\x16\x03\x03\x00\x02\x00\x00",  # a TLS record from the server
 )

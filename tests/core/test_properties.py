@@ -37,7 +37,7 @@ SETUPS = st.builds(
     seed=st.integers(0, 3),
     strict_data_ports=st.booleans(),
     announce=st.booleans(),
-    tls=st.sampled_from(["passthrough", "refuse"]),
+    tls=st.sampled_from(["passthrough", "refuse", "terminate"]),
 )
 DELTAS = st.sampled_from([0.0, 0.5, 5.0, 19.9, 20.0, 29.0, 30.0, 60.0, 99.0, 100.0, 250.0])
 BIND = st.builds(Bind, st.integers(0, 3), st.sampled_from([None, None, 50002, 1025]))
