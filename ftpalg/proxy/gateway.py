@@ -27,6 +27,7 @@ from typing import Any
 
 from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.nat64 import translated
 from ftpalg.core.observations import Refusal
 from ftpalg.core.rfc6052 import extract
 from ftpalg.core.session import Faces, Session
@@ -322,7 +323,7 @@ class Gateway:
         self.sessions.add(control)
         mode = "reverse" if self.config.upstream else "transparent"
         connect_ms = round((self.loop.time() - started) * 1000, 3)
-        nat64 = faces.client.host.version == 6 and faces.server.host.version == 4
+        nat64 = translated(faces.client.host, faces.server.host)  # RFC 6384: core/nat64.py
         opened = SessionOpened(
             faces.server, faces.server_face, faces.client_face, mode, connect_ms, nat64
         )
