@@ -230,6 +230,8 @@ def test_a_server_that_answers_epsv_is_not_sent_pasv(nat64: Nat64Lab, tmp_path: 
     assert '"EPSV"' in seen and '"PASV"' not in seen, seen
     seen = check.server_log(rfc959)
     assert "<- EPSV" in seen and "<- PASV" in seen, seen
+    translated = [(t["client"], t["upstream"]) for t in check.named("nat64_translated")]
+    assert translated == [("EPSV", "PASV")]  # the RFC 959 server's session only
 
 
 def test_an_ipv6_destination_outside_the_prefix_is_not_translated(
@@ -260,3 +262,30 @@ def test_an_embedded_address_of_the_gateway_itself_gets_421(nat64: Nat64Lab) -> 
     (refused,) = check.named("session_refused")
     assert "no FTP server behind this address" in refused["reason"], refused
     assert not check.named("session_opened")
+
+
+def test_reverse_mode_with_an_ipv6_listener_and_an_ipv4_upstream(
+    nat64: Nat64Lab, tmp_path: Path
+) -> None:
+    """No prefix: a reverse-mode ftpalg listening on IPv6 in front of the IPv4 server without
+    EPSV translates the same way (the core decides by the faces)."""
+    lab, srv = nat64.lab, nat64.servers["rfc959"]
+    listen = FtpTarget(lab.addresses.gw_inside_v6, 2121, srv.user, srv.password)
+    args = ["--listen", f"[{listen.address}]:2121", "--upstream", f"{srv.address}:21"]
+    reverse = start_ftpalg(lab, [*args, "--data-plane", "relay", "--data-ports", "30000-30999"])
+    try:
+        result = NAT64_MODES["curl-epsv"](lab, listen, "1048576.bin", tmp_path / "r", False, 30)
+        assert result is not None and result.ok, result and result.detail
+        assert result.sha256 == nat64.files[("rfc959", 1 << 20)]
+        local = tmp_path / "reverse-up.bin"
+        digest = make_file(tmp_path, local.name, 1 << 20)
+        result = NAT64_MODES["ftplib-active"](
+            lab, listen, srv.upload_path(local.name), local, True, 30
+        )
+        assert result is not None and result.ok, result and result.detail
+        assert sha256_file(srv.uploaded(local.name)) == digest
+        opened = reverse.named("session_opened")
+        assert [(o["mode"], o["nat64"]) for o in opened] == [("reverse", True)] * 2, opened
+        assert {t["upstream"] for t in reverse.named("nat64_translated")} == {"PASV", "PORT"}
+    finally:
+        reverse.stop()
