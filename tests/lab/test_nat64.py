@@ -119,6 +119,8 @@ def transfer(
 
 def test_the_client_is_ipv6_only(nat64: Nat64Lab) -> None:
     assert client_ipv4_addresses(nat64.lab) == ["127.0.0.1/8"]
+    (note,) = nat64.alg.named("data_plane_relay")  # once, at start: the kernel plane runs
+    assert note["sessions"] == "nat64 (64:ff9b::/96)" and "cannot join families" in note["reason"]
     server = nat64.servers["pyftpdlib"].address
     assert not nat64.lab.can_connect("cli", server, 21)  # no IPv4 path at all
 
@@ -250,6 +252,7 @@ def test_an_ipv6_destination_outside_the_prefix_is_not_translated(
     for line in opened:
         assert line["nat64"] is False and line["server"] == f"[{srv.address}]:21", line
         assert line["server_face"] == f"[{srv.address}]:21", line
+        assert line["data_plane"] == "kernel", line  # the kernel plane is there; NAT64: relay
     gateway = str(nat64.lab.addresses.gw_outside_v6)  # the server saw ftpalg, over IPv6
     assert check.seen_clients(srv) == {gateway}
 
