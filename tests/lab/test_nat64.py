@@ -44,6 +44,7 @@ from ftpalg.lab.netns import Lab
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
 from tests.lab.conftest import baseline, start_lab
+from tests.requirements import need_tools
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -67,6 +68,7 @@ class Nat64Lab:
 
 @pytest.fixture(scope="module")
 def nat64() -> Iterator[Nat64Lab]:
+    need_tools("curl", "lftp", "wget")
     lab = start_lab()
     try:
         make_ipv6_only(lab)

@@ -30,6 +30,7 @@ from ftpalg.lab.netns import Lab
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.servers import FtpServer, make_file, start_server
 from tests.lab.conftest import start_lab
+from tests.requirements import need_tools
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 SIZE = 1 << 20
@@ -47,6 +48,7 @@ class Gateway:
 
 @pytest.fixture(scope="module", params=["tayga", "ftpalg", "ftpalg+tayga"])
 def gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    need_tools("curl", "lftp", "wget", "tayga")
     lab = start_lab()
     try:
         make_ipv6_only(lab, (NSP,))

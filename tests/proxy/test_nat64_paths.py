@@ -103,3 +103,22 @@ def test_nat64_sessions_use_the_relay_and_the_gateway_says_so(run: Runner) -> No
     assert (translated, plain) == ("relay", "kernel")
     (line,) = [line for line in records.lines if line.event == "data_plane_relay"]
     assert line.fields == {"sessions": "nat64 (64:ff9b::/96)", "reason": NAT64_RELAY}
+
+
+def test_a_reload_that_sets_the_prefix_says_so_once(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ftpalg.proxy.gateway.forward_blocked", lambda: None)
+    kernel = cast(KernelData, object())
+    plain = Config(listen=NAT64.listen)
+
+    async def main() -> list[str]:
+        observe, records = recording_observer()
+        gateway = Gateway(plain, asyncio.get_running_loop(), observe, kernel_data=kernel)
+        await gateway.start([])  # no prefix: nothing to say
+        gateway.reconfigure(NAT64)  # the prefix set: one line
+        gateway.reconfigure(NAT64)  # unchanged: nothing
+        gateway.reconfigure(plain)  # unset: nothing
+        return [line.fields["sessions"] for line in records.events("data_plane_relay")]
+
+    assert run(main) == ["nat64 (64:ff9b::/96)"]
