@@ -38,6 +38,7 @@ from ftpalg.lab import matrix
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.capture import start_capture
 from ftpalg.lab.gateway import apply_closed_gateway, apply_kernel_nat
+from ftpalg.lab.nat64_matrix import keep_text as nat64_keep_text
 from ftpalg.lab.nat64_matrix import run_nat64
 from ftpalg.lab.netns import Lab, LabError, lab_unavailable_reason, missing_tools
 from ftpalg.lab.server_base import FtpServer
@@ -256,7 +257,13 @@ def _run(
     a = lab.addresses
     lab.sysctl("cli", "net.ipv4.ip_local_port_range", "20000 29999")  # apart from the gateway's
     if args.nat64:
-        outcomes = run_nat64(lab, args.size, args.quick, progress.step, progress.note, out)
+        outcomes, nat_alg = run_nat64(lab, args.size, args.quick, progress.step, progress.note, out)
+        if args.keep:
+            out.write(nat64_keep_text(lab, nat_alg))
+            out.flush()
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    signal.pause()
         return 0 if all(o.ok for o in outcomes) else EXIT_FAIL
     servers: dict[int, FtpServer] = {}
     for version, address in ((4, a.server_v4), (6, a.server_v6)):

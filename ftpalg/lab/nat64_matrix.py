@@ -14,6 +14,7 @@ log events, and what ftpalg sent in the client's command's place (`nat64_transla
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ from typing import TextIO
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.matrix import FILE_NAME, UPLOAD_NAME, transfer_timeout
-from ftpalg.lab.nat64 import NAT64_MODES, PREFIX, UPLOADS, make_ipv6_only, nat64_target
+from ftpalg.lab.nat64 import (
+    NAT64_MODES,
+    PREFIX,
+    UPLOADS,
+    make_ipv6_only,
+    nat64_target,
+    synthesized,
+)
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.server_base import FtpServer, make_file, sha256_file
@@ -146,7 +154,7 @@ def run_nat64(
     say: Callable[[str], None],
     tell: Callable[[str], None],
     out: TextIO,
-) -> list[NatOutcome]:
+) -> tuple[list[NatOutcome], AlgProcess]:
     """Build the NAT64 set-up in `lab`, run the matrix, print the table; `say` reports a
     step, `tell` a transfer."""
     say("client: IPv6 only (its IPv4 address removed), 64:ff9b::/96 routed to the gateway")
@@ -157,6 +165,7 @@ def run_nat64(
     say(f"gateway: forward path closed; starting ftpalg ([::]:21, --nat64-prefix {PREFIX})")
     apply_closed_gateway(lab)
     alg = start_ftpalg(lab, ["--listen", "[::]:21", "--nat64-prefix", str(PREFIX)])
+    lab.on_close(lambda: shutil.rmtree(alg.log.parent, ignore_errors=True))
     lines = TranslationLines(alg)
     work = Path(tempfile.mkdtemp(prefix=f"{lab.id}-nat64-"))
     work.chmod(0o755)
@@ -179,7 +188,30 @@ def run_nat64(
         work.rmdir()
     out.write(render(all_cases, outcomes))
     out.flush()
-    return outcomes
+    return outcomes, alg
+
+
+def keep_text(lab: Lab, alg: AlgProcess) -> str:
+    """How to use and end a NAT64 lab left running by --keep."""
+    ns = lab.namespaces
+    server = synthesized(lab.addresses.servers_v4[0])
+    names = " ".join(ns.values())
+    return "\n".join(
+        [
+            "",
+            f"The NAT64 lab {lab.id} is up; ftpalg runs in the gateway."
+            " Press Ctrl-C here to tear it down.",
+            f"  client  (IPv6 only, {lab.addresses.client_v6}):  ip netns exec {ns['cli']} bash",
+            f"  gateway:  ip netns exec {ns['gw']} bash",
+            f"  servers (IPv4 only, 203.0.113.10-13):  ip netns exec {ns['srv']} bash",
+            f"  try:     ip netns exec {ns['cli']} curl -u lab:lab -o /dev/null "
+            f"ftp://[{server}]/{FILE_NAME}",
+            f"  look:    ip netns exec {ns['gw']} nft list ruleset; tail -f {alg.log}",
+            f"  if this process dies without tearing down:  for n in {names}; do "
+            "ip netns pids $n | xargs -r kill; ip netns delete $n; done",
+            "",
+        ]
+    )
 
 
 def render(all_cases: Sequence[NatCase], outcomes: Sequence[NatOutcome]) -> str:

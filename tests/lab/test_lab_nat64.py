@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from ftpalg.lab.nat64_matrix import SERVER_KINDS, NatCase, NatOutcome, cases, render
 from ftpalg.lab.netns import lab_unavailable_reason
-from tests.lab.test_lab_command import ftpalg_lab, lab_id, namespaces_of
+from tests.lab.test_lab_command import REPO, ftpalg_lab, lab_id, namespaces_of
 from tests.lab.test_lab_report import parse_table
 from tests.requirements import need_tools, unavailable
 
@@ -75,3 +81,44 @@ def test_nat64_table_notes_failures() -> None:
         "curl-epsv pyftpdlib get",
         "curl-epsv pyftpdlib put",
     ]
+
+
+def test_lab_nat64_keep_leaves_it_usable_until_ctrl_c() -> None:
+    """--keep: the printed `try:` command works in the kept lab; Ctrl-C tears it down."""
+    reason = lab_unavailable_reason()
+    if reason:
+        unavailable(reason)
+    need_tools("curl")
+    argv = [sys.executable, "-m", "ftpalg", "lab", "--nat64", "--keep", "--quick"]
+    proc = subprocess.Popen(
+        [*argv, "--size", "64k"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("  try:" in x for x in seen):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+        text = "".join(seen)
+        assert "Press Ctrl-C" in text and "24/24 ok" in text, text
+        names = re.findall(r"ip netns exec (lab[0-9a-f]{6}-\w+) bash", text)
+        assert len(names) == 3 and set(namespaces_of(names[0][:9])) == set(names)
+        try_line = next(x for x in seen if "  try:" in x).split("try:", 1)[1].split()
+        assert "ftp://[64:ff9b::cb00:710a]/lab.bin" in try_line
+        done = subprocess.run(try_line, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "tearing down" in err and namespaces_of(names[0][:9]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
