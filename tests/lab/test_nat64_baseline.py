@@ -19,6 +19,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,29 @@ def test_clients_that_fail_without_an_alg(
 
 def target_v4(gateway: Gateway, server: str) -> str:
     return str(gateway.servers[server].address)
+
+
+def test_a_48_bit_prefix(tmp_path: Path) -> None:
+    """RFC 6052's /48 layout end to end (the IPv4 address split around the u octet): the
+    server without EPSV, passive and active, through ftpalg alone."""
+    need_tools("curl")
+    prefix = IPv6Network("2001:db8:122::/48")
+    lab = start_lab()
+    try:
+        make_ipv6_only(lab, (prefix,))
+        srv = start_rfc959(lab, lab.addresses.servers_v4[3])
+        digest = make_file(srv.root, "data.bin", SIZE)
+        apply_closed_gateway(lab)
+        alg = start_ftpalg(lab, ["--listen", "[::]:21", "--nat64-prefix", str(prefix)])
+        target = nat64_target(srv, prefix)
+        assert str(target.address) == "2001:db8:122:cb00:71:d00::"  # 203.0.113.13
+        for mode in ("curl-epsv", "ftplib-active"):
+            local = tmp_path / f"{mode}.bin"
+            result = NAT64_MODES[mode](lab, target, "data.bin", local, False, 30)
+            assert result is not None and result.ok, result and result.detail
+            assert result.sha256 == digest
+        opened = alg.named("session_opened")
+        assert [o["server"] for o in opened] == [f"{srv.address}:21"] * 2
+        assert {o["server_face"] for o in opened} == {f"[{target.address}]:21"}
+    finally:
+        lab.close()
