@@ -76,6 +76,16 @@ def make_ipv6_only(lab: Lab, prefixes: tuple[IPv6Network, ...] = (PREFIX,)) -> N
         lab.run("cli", route, check=True)
 
 
+EXTRA_SERVER_V4 = IPv4Address("203.0.113.14")  # a fifth IPv4 server (the lab has .10-.13)
+
+
+def add_server_address(lab: Lab, address: IPv4Address = EXTRA_SERVER_V4) -> IPv4Address:
+    """One more IPv4 address on the server namespace's interface (for proftpd)."""
+    argv = ["ip", "addr", "add", f"{address}/24", "dev", lab.ifnames.server]
+    lab.run("srv", argv, check=True)
+    return address
+
+
 def client_ipv4_addresses(lab: Lab) -> list[str]:
     """The client namespace's IPv4 addresses (`ip -4 -o addr`), lo's included."""
     out = lab.run("cli", ["ip", "-4", "-o", "addr", "show"], check=True).stdout

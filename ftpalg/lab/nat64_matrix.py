@@ -3,9 +3,9 @@ servers behind 64:ff9b::/96, ftpalg translating (RFC 6384).
 
 How this works: `run_nat64()` takes a started lab, makes its client IPv6-only with the prefix
 routed to the gateway (`nat64.make_ipv6_only`), starts every IPv4 server kind (pyftpdlib,
-vsftpd, pure-ftpd, and `no-epsv`: pyftpdlib without EPSV and EPRT, which only ftpalg's
-PASV/PORT fallback makes usable from IPv6), closes the gateway's forward path and runs ftpalg
-with `--listen [::]:21 --nat64-prefix 64:ff9b::/96`. Every client mode of
+vsftpd, pure-ftpd, proftpd, and `no-epsv`: pyftpdlib without EPSV and EPRT, which only
+ftpalg's PASV/PORT fallback makes usable from IPv6), closes the gateway's forward path and
+runs ftpalg with `--listen [::]:21 --nat64-prefix 64:ff9b::/96`. Every client mode of
 `nat64.NAT64_MODES` (`--quick`: curl only) then downloads and uploads (wget: downloads only)
 a file of `--size` bytes from each server at its synthesized address, sha256 checked. Each row
 shows the address line as the client saw it and as the server did, from ftpalg's `rewrite`
@@ -28,17 +28,19 @@ from ftpalg.lab.nat64 import (
     NAT64_MODES,
     PREFIX,
     UPLOADS,
+    add_server_address,
     make_ipv6_only,
     nat64_target,
     synthesized,
 )
 from ftpalg.lab.netns import Lab
+from ftpalg.lab.proftpd_server import start_proftpd
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.server_base import FtpServer, make_file, sha256_file
 from ftpalg.lab.servers import start_server
 from ftpalg.lab.table import grid, reason_line, shorten
 
-SERVER_KINDS = ("pyftpdlib", "vsftpd", "pure-ftpd", "no-epsv")
+SERVER_KINDS = ("pyftpdlib", "vsftpd", "pure-ftpd", "proftpd", "no-epsv")
 QUICK_MODES = ("curl-epsv", "curl-pasv", "curl-eprt")
 LEGEND = (
     "client side: the EPRT the IPv6 client sent, or the 229 reply it received;\n"
@@ -117,6 +119,7 @@ def start_servers(lab: Lab) -> dict[str, FtpServer]:
     servers = {
         kind: start_server(lab, kind, a.servers_v4[i]) for i, kind in enumerate(SERVER_KINDS[:3])
     }
+    servers["proftpd"] = start_proftpd(lab, add_server_address(lab))
     servers["no-epsv"] = start_rfc959(lab, a.servers_v4[3])
     return servers
 
@@ -159,7 +162,7 @@ def run_nat64(
     step, `tell` a transfer."""
     say("client: IPv6 only (its IPv4 address removed), 64:ff9b::/96 routed to the gateway")
     make_ipv6_only(lab)
-    say(f"starting {', '.join(SERVER_KINDS)} on IPv4 only (203.0.113.10-13)")
+    say(f"starting {', '.join(SERVER_KINDS)} on IPv4 only (203.0.113.10-14)")
     servers = start_servers(lab)
     digests = {name: make_file(srv.root, FILE_NAME, size) for name, srv in servers.items()}
     say(f"gateway: forward path closed; starting ftpalg ([::]:21, --nat64-prefix {PREFIX})")
@@ -203,7 +206,7 @@ def keep_text(lab: Lab, alg: AlgProcess) -> str:
             " Press Ctrl-C here to tear it down.",
             f"  client  (IPv6 only, {lab.addresses.client_v6}):  ip netns exec {ns['cli']} bash",
             f"  gateway:  ip netns exec {ns['gw']} bash",
-            f"  servers (IPv4 only, 203.0.113.10-13):  ip netns exec {ns['srv']} bash",
+            f"  servers (IPv4 only, 203.0.113.10-14):  ip netns exec {ns['srv']} bash",
             f"  try:     ip netns exec {ns['cli']} curl -u lab:lab -o /dev/null "
             f"ftp://[{server}]/{FILE_NAME}",
             f"  look:    ip netns exec {ns['gw']} nft list ruleset; tail -f {alg.log}",

@@ -38,7 +38,7 @@ def test_lab_nat64_runs_every_client_against_every_ipv4_server() -> None:
         "ftpalg",
         "MB/s",
     ]
-    assert len(rows) == len(cases()) == 64
+    assert len(rows) == len(cases()) == 80
     assert {row[1] for row in rows} == set(SERVER_KINDS)
     for client, server, _dir, client_side, server_side, result, mbps in rows:
         assert result == "ok" and float(mbps) > 0, rows
@@ -56,7 +56,7 @@ def test_lab_nat64_runs_every_client_against_every_ipv4_server() -> None:
             ), server_side
         else:
             assert "refused" not in server_side, (client, server, server_side)
-    assert "ftpalg (NAT64 64:ff9b::/96): 64/64 ok" in run.stdout
+    assert "ftpalg (NAT64 64:ff9b::/96): 80/80 ok" in run.stdout
     assert namespaces_of(lab_id(run.stderr)) == []
 
 
@@ -107,7 +107,7 @@ def test_lab_nat64_keep_leaves_it_usable_until_ctrl_c() -> None:
                 break
             seen.append(line)
         text = "".join(seen)
-        assert "Press Ctrl-C" in text and "24/24 ok" in text, text
+        assert "Press Ctrl-C" in text and "30/30 ok" in text, text
         names = re.findall(r"ip netns exec (lab[0-9a-f]{6}-\w+) bash", text)
         assert len(names) == 3 and set(namespaces_of(names[0][:9])) == set(names)
         try_line = next(x for x in seen if "  try:" in x).split("try:", 1)[1].split()

@@ -3,8 +3,8 @@ client (no IPv4 address but lo's) reaches IPv4-only servers at their 64:ff9b::/9
 through ftpalg in transparent mode with `--nat64-prefix 64:ff9b::/96`, on a gateway whose
 forward policy drops everything (only ftpalg can carry anything).
 
-Servers, each bound to its IPv4 address only: pyftpdlib, vsftpd and pure-ftpd (they answer
-EPSV and EPRT |1| themselves), and a pure RFC 959 server (pyftpdlib without EPSV and EPRT:
+Servers, each bound to its IPv4 address only: pyftpdlib, vsftpd, pure-ftpd and proftpd (they
+answer EPSV and EPRT |1| themselves), and a pure RFC 959 server (pyftpdlib without EPSV and EPRT:
 ftpalg falls back to PASV/PORT). Clients: curl (EPSV, `--disable-epsv`, EPRT via `-P -`),
 lftp passive and active, Python ftplib passive and active (EPSV/EPRT on IPv6), wget passive
 and active (downloads only). Downloads and uploads of 0 bytes and 1 MiB against every server,
@@ -35,12 +35,14 @@ from ftpalg.lab.nat64 import (
     NAT64_MODES,
     PREFIX,
     UPLOADS,
+    add_server_address,
     client_ipv4_addresses,
     make_ipv6_only,
     nat64_target,
     synthesized,
 )
 from ftpalg.lab.netns import Lab
+from ftpalg.lab.proftpd_server import start_proftpd
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
 from tests.lab.conftest import baseline, start_lab
@@ -48,7 +50,7 @@ from tests.requirements import need_tools
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
-SERVERS = ("pyftpdlib", "vsftpd", "pure-ftpd", "rfc959")
+SERVERS = ("pyftpdlib", "vsftpd", "pure-ftpd", "proftpd", "rfc959")
 SMALL = {"0B": 0, "1MiB": 1 << 20}
 BIG = 64 << 20
 _names = itertools.count()
@@ -83,6 +85,7 @@ def nat64() -> Iterator[Nat64Lab]:
             servers["rfc959"] = start_rfc959(lab, a.servers_v4[3])
         finally:
             os.environ.pop("FTPALG_LAB_LOG_COMMANDS", None)
+        servers["proftpd"] = start_proftpd(lab, add_server_address(lab))
         v6_server = start_server(lab, "pyftpdlib", a.servers_v6[0])
         files = {
             (name, size): make_file(srv.root, f"{size}.bin", size)
