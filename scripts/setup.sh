@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables iproute2 vsftpd lftp curl tcpdump conntrack procps make)
+APT_PACKAGES=(nftables iproute2 vsftpd lftp curl wget tayga tcpdump conntrack procps make)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,10 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The lab runs its FTP servers privately inside network namespaces; what apt enables on the
-# host (vsftpd listening on [::]:21 with local logins, SuSE ftp-proxy from bench/setup.sh) is
-# disabled and masked, and stopped through systemd when it runs. Never through init scripts:
-# they stop every process of the binary, the lab's own servers included.
-for unit in vsftpd ftp-proxy; do
+# host (vsftpd listening on [::]:21 with local logins, SuSE ftp-proxy from bench/setup.sh,
+# Tayga's NAT64 on a host tun device with NAT44) is disabled and masked, and stopped through
+# systemd when it runs. Never through init scripts: they stop every process of the binary,
+# the lab's own servers included.
+for unit in vsftpd ftp-proxy tayga; do
   if [ "$(id -u)" -eq 0 ] && command -v systemctl >/dev/null \
     && [ -n "$(systemctl list-unit-files "$unit.service" --no-legend 2>/dev/null)" ]; then
     if [ -d /run/systemd/system ]; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
@@ -47,6 +48,33 @@ if [ ! -x .lab-tools/pure-ftpd/usr/sbin/pure-ftpd ] && [ "$(id -u)" -eq 0 ]; the
     for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" .lab-tools/pure-ftpd; done
   else
     echo "setup: pure-ftpd not available (its lab cases will report that)" >&2
+  fi
+  rm -rf "$tmp"
+fi
+
+# proftpd conflicts with vsftpd too: unpack proftpd-core privately (the NAT64 lab's IPv4-only
+# proftpd), with the shared libraries it links against installed normally.
+if [ ! -x .lab-tools/proftpd/usr/sbin/proftpd ] && [ "$(id -u)" -eq 0 ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download proftpd-core >/dev/null 2>&1); then
+    mkdir -p .lab-tools/proftpd
+    libs=()
+    for deb in "$tmp"/*.deb; do
+      dpkg-deb -x "$deb" .lab-tools/proftpd
+      while read -r dep; do libs+=("$dep"); done < <(dpkg-deb -f "$deb" Depends |
+        tr ',' '\n' | sed -E 's/^ *([^ (|]+).*/\1/' | grep '^lib' || true)
+    done
+    missing=()
+    for l in "${libs[@]}"; do
+      dpkg-query -W -f='${Status}' "$l" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$l")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        echo "setup: could not install ${missing[*]} (proftpd needs them)" >&2
+    fi
+  else
+    echo "setup: proftpd not available (its lab cases will report that)" >&2
   fi
   rm -rf "$tmp"
 fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ftpalg.ops.config import (
     parse_host_port,
     parse_port_range,
 )
+from ftpalg.ops.reload import check_config, plan_reload
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "conf" / "ftpalg.toml"
@@ -405,6 +406,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--log-format",
         "--log-level",
         "--no-kernel-setup",
+        "--nat64-prefix",
         "--version",
     ]:
         assert flag in out
@@ -421,6 +423,9 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config == Config()
 
 
+TRANSPARENT_IPV6_ONLY = {"nat64_prefix"}  # the example upstream (reverse mode) excludes it
+
+
 def test_example_config_documents_every_option_with_its_default(tmp_path: Path) -> None:
     """Uncomment the first example line of each key: the result is the defaults (plus the
     example upstream, which has no default), and every Config field is documented."""
@@ -430,7 +435,8 @@ def test_example_config_documents_every_option_with_its_default(tmp_path: Path) 
         match = re.match(r"# (\w+) = ", line)
         if match and match.group(1) not in seen:
             seen.add(match.group(1))
-            line = line[2:]
+            if match.group(1) not in TRANSPARENT_IPV6_ONLY:
+                line = line[2:]
         lines.append(line)
     assert seen == {f.name for f in dataclasses.fields(Config)}
     config, _ = build_config(["--config", str(write(tmp_path, "\n".join(lines)))])
@@ -476,3 +482,59 @@ def test_tls_defaults_follow_the_mode() -> None:
     assert core_policy(build_config(["--upstream", "10.0.0.5", "--tls", "passthrough"])[0]).tls == (
         "passthrough"
     )
+
+
+def test_nat64_prefix() -> None:
+    config, _ = build_config(["--listen", "[::]:21", "--nat64-prefix", "64:ff9b::/96"])
+    assert config.nat64_prefix == IPv6Network("64:ff9b::/96")
+    assert Config().nat64_prefix is None  # off by default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nat64-prefix", "64:ff9b::/80"], "lengths 32, 40, 48, 56, 64 or 96 only"),
+        (["--nat64-prefix", "2001:db8::100:0:0:0/96"], "bits 64-71 (the u octet) must be zero"),
+        (["--nat64-prefix", "64:ff9b::"], "with its length"),
+        (["--nat64-prefix", "64:ff9b::/96"], "--nat64-prefix: needs an IPv6 listener"),
+        (
+            ["--listen", "[::]:21", "--upstream", "192.0.2.1", "--nat64-prefix", "64:ff9b::/96"],
+            "--nat64-prefix: transparent mode only",
+        ),
+    ],
+)
+def test_nat64_prefix_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(argv)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_nat64_prefix_in_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = ["[::]:21"]\nnat64_prefix = "2001:db8:122::/48"\n')
+    config, _ = build_config(["--config", str(path)])
+    assert config.nat64_prefix == IPv6Network("2001:db8:122::/48")
+    bad = write(tmp_path, 'listen = ["[::]:21"]\nnat64_prefix = "2001:db8:122::/47"\n')
+    with pytest.raises(ConfigError, match="nat64_prefix: '2001:db8:122::/47': RFC 6052"):
+        build_config(["--config", str(bad)])
+    with pytest.raises(ConfigError, match="nat64_prefix: wrong type str"):
+        Config(listen=(parse_endpoint("[::]:21"),), nat64_prefix="64:ff9b::/96")  # type: ignore[arg-type]
+
+
+def test_check_config_shows_the_nat64_prefix_and_sighup_applies_it() -> None:
+    status, line = check_config(["--listen", "[::]:21", "--nat64-prefix", "64:ff9b::/96"])
+    assert status == 0
+    assert line == (
+        "ftpalg: built-in defaults and flags: OK (transparent, NAT64 prefix 64:ff9b::/96,"
+        " listen [::]:21)"
+    )
+    status, line = check_config(["--listen", "[::]:21", "--nat64-prefix", "64:ff9b::/72"])
+    assert (status, line) == (
+        2,
+        "ftpalg: --nat64-prefix: '64:ff9b::/72': RFC 6052 allows the prefix lengths"
+        " 32, 40, 48, 56, 64 or 96 only",
+    )
+    current, _ = build_config(["--listen", "[::]:21"])
+    reload = plan_reload(current, ["--listen", "[::]:21", "--nat64-prefix", "64:ff9b::/96"])
+    assert reload.changed == ("nat64_prefix",) and reload.needs_restart == ()
+    assert reload.config.nat64_prefix == IPv6Network("64:ff9b::/96")

@@ -134,6 +134,16 @@ def test_metrics_from_observations() -> None:
     assert sample(m, "ftpalg_seq_offset_bytes_sum") == 7
     assert sample(m, "ftpalg_upstream_connect_seconds_sum") == 0.0015
     assert b'ftpalg_data_bytes_total{direction="to_server"} 77.0' in m.exposition()
+    assert sample(m, "ftpalg_nat64_sessions_total", mode="transparent") == 0
+
+
+def test_metrics_count_nat64_sessions_by_mode() -> None:
+    m = Metrics("transparent")
+    for mode, nat64 in (("transparent", True), ("reverse", True), ("transparent", False)):
+        m.observe(SessionOpened(SERVER_EP, SERVER_EP, CLIENT_EP, mode, 1.0, nat64))
+    assert sample(m, "ftpalg_nat64_sessions_total", mode="transparent") == 1
+    assert sample(m, "ftpalg_nat64_sessions_total", mode="reverse") == 1
+    assert sample(m, "ftpalg_sessions_total", mode="transparent") == 2
 
 
 def test_an_unchanged_announcement_is_no_rewrite() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = ("vsftpd", "ftp-proxy")
+UNITS = ("vsftpd", "ftp-proxy", "tayga")
 
 
 def installed(unit: str) -> bool:

@@ -9,8 +9,8 @@ stderr (curl -v / lftp debug output, so the last FTP replies are visible). Every
 hard time limit; a hung transfer becomes `ok=False`, never a hung test.
 
 Modes: curl `epsv` (default), `pasv` (--disable-epsv), `eprt` (-P -), `port` (-P -
---disable-eprt); lftp and ftplib `passive=True|False`. On IPv6 curl and ftplib always use
-EPSV/EPRT (PASV/PORT cannot carry an IPv6 address).
+--disable-eprt); lftp, ftplib and wget (downloads only) `passive=True|False`. On IPv6 curl
+and ftplib always use EPSV/EPRT (PASV/PORT cannot carry an IPv6 address).
 """
 
 from __future__ import annotations
@@ -193,6 +193,24 @@ def ftplib_transfer(
     if result.ok and result.sha256 != report.get("sha256"):
         return TransferResult(False, None, 0, secs, f"{what}: digest mismatch {report}")
     return result
+
+
+def wget_transfer(
+    lab: Lab,
+    target: FtpTarget,
+    remote: str,
+    local: Path,
+    passive: bool = True,
+    timeout: float = 30.0,
+) -> TransferResult:
+    """wget download (wget cannot upload over FTP); `-S` shows the server's replies."""
+    argv = ["wget", "-S", "--tries=1", f"--timeout={min(timeout, 10.0):g}", "-O", str(local)]
+    argv += [] if passive else ["--no-passive-ftp"]
+    if target.user:
+        argv += ["--user", target.user, "--password", target.password or ""]
+    argv.append(target.url(remote))
+    rc, _out, err, secs = _run(lab, argv, timeout + 10)
+    return _result(rc, err, secs, local, f"wget {'passive' if passive else 'active'}", True)
 
 
 # Every client mode of the lab matrix: name -> (client program, passive, curl mode)

@@ -38,6 +38,8 @@ from ftpalg.lab import matrix
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.capture import start_capture
 from ftpalg.lab.gateway import apply_closed_gateway, apply_kernel_nat
+from ftpalg.lab.nat64_matrix import keep_text as nat64_keep_text
+from ftpalg.lab.nat64_matrix import run_nat64
 from ftpalg.lab.netns import Lab, LabError, lab_unavailable_reason, missing_tools
 from ftpalg.lab.server_base import FtpServer
 from ftpalg.lab.servers import SERVERS, start_server
@@ -113,6 +115,13 @@ def build_lab_parser() -> argparse.ArgumentParser:
         default="client",
         help="run ftpalg with this data_policy (docs/conversion.md): e.g. passive converts "
         "every active-mode client to passive upstream, and the table shows the conversions",
+    )
+    add(
+        "--nat64",
+        action="store_true",
+        help="instead: the NAT64 matrix (docs/nat64.md): an IPv6-only client reaching IPv4-only "
+        "servers (pyftpdlib, vsftpd, pure-ftpd, one without EPSV) at 64:ff9b::/96 addresses "
+        "through ftpalg --nat64-prefix; curl, lftp, ftplib and wget, sha256 checked",
     )
     add("--quick", action="store_true", help="curl modes only (a smaller matrix)")
     add(
@@ -190,6 +199,11 @@ def lab_main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"ftpalg lab: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.nat64 and (args.kernel or args.data_policy != "client"):
+        print(
+            "ftpalg lab: --nat64 runs ftpalg only: no --kernel, no --data-policy", file=sys.stderr
+        )
+        return EXIT_USAGE
     if os.geteuid() != 0:
         print(
             "ftpalg lab: must run as root (it creates network namespaces and nftables "
@@ -198,6 +212,7 @@ def lab_main(argv: list[str]) -> int:
         )
         return EXIT_FAIL
     tools = ["curl"] if args.quick else ["curl", "lftp"]
+    tools += ["wget"] if args.nat64 and not args.quick else []
     problem = lab_unavailable_reason() or (
         "missing tools: " + ", ".join(missing_tools(*tools)) if missing_tools(*tools) else None
     )
@@ -241,6 +256,15 @@ def _run(
 ) -> int:
     a = lab.addresses
     lab.sysctl("cli", "net.ipv4.ip_local_port_range", "20000 29999")  # apart from the gateway's
+    if args.nat64:
+        outcomes, nat_alg = run_nat64(lab, args.size, args.quick, progress.step, progress.note, out)
+        if args.keep:
+            out.write(nat64_keep_text(lab, nat_alg))
+            out.flush()
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    signal.pause()
+        return 0 if all(o.ok for o in outcomes) else EXIT_FAIL
     servers: dict[int, FtpServer] = {}
     for version, address in ((4, a.server_v4), (6, a.server_v6)):
         progress.step(f"starting {args.server} on {address} port 21")

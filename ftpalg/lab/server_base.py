@@ -28,13 +28,14 @@ from ftpalg.lab.clients import FtpTarget
 from ftpalg.lab.netns import IPAddress, Lab, LabError, LabUnavailable, stop_process
 
 # Where each server's log names the client: pyftpdlib "IP:PORT-[user]", vsftpd 'Client "IP"',
-# pure-ftpd's CLF transfer log "IP - user [date] ...".
+# pure-ftpd's CLF transfer log "IP - user [date] ...", proftpd's command log "IP COMMAND".
 LogMark = dict[Path, int]  # log file -> byte offset (FtpServer.log_mark)
 
 _CLIENT_RE = {
     "pyftpdlib": re.compile(r"(\S+):\d+-\["),
     "vsftpd": re.compile(r'Client "([^"]+)"'),
     "pure-ftpd": re.compile(r"^(\S+) ", re.MULTILINE),
+    "proftpd": re.compile(r"^(\S+) ", re.MULTILINE),  # its command log: "IP COMMAND"
 }
 
 

@@ -16,11 +16,12 @@ import re
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from ftpalg import __version__
+from ftpalg.core.rfc6052 import check_prefix, parse_prefix
 from ftpalg.ops.values import (
     Endpoint,
     HostPort,
@@ -102,6 +103,7 @@ class Config:
     require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
     listen_implicit: tuple[Endpoint, ...] = ()  # terminate: implicit FTPS (TLS at once)
     data_policy: DataPolicy = "client"  # data-mode conversion (docs/conversion.md)
+    nat64_prefix: IPv6Network | None = None  # transparent NAT64 (docs/nat64.md); None: off
     expect_timeout: float = 300.0
     max_sessions: int = 1000
     idle_timeout: float = 900.0
@@ -145,6 +147,12 @@ class Config:
             raise ConfigError(f"listen_implicit: {msg}", key="listen_implicit")
         if self.tls == "terminate" and self.upstream is None:
             raise ConfigError("tls: terminate needs reverse mode (upstream)", key="tls")
+        if self.nat64_prefix is not None and self.upstream is not None:
+            msg = "transparent mode only (reverse mode translates an IPv6 listener with an IPv4"
+            raise ConfigError(f"nat64_prefix: {msg} upstream without a prefix)", "nat64_prefix")
+        if self.nat64_prefix is not None and all(ep.host.version == 4 for ep in self.listen):
+            msg = "needs an IPv6 listener (e.g. listen [::]:21): NAT64 clients are IPv6"
+            raise ConfigError(f"nat64_prefix: {msg}", key="nat64_prefix")
         if self.announce_address and self.upstream is None:
             msg = "needs reverse mode (upstream): a transparent client sees the server's address"
             raise ConfigError(f"announce_address: {msg}", key="announce_address")
@@ -176,6 +184,7 @@ _SPECS: dict[str, _Spec] = {
     "data_plane": _Spec(str_then(choice(DATA_PLANES)), choice(DATA_PLANES)),
     "tls": _Spec(str_then(choice(TLS_MODES)), choice(TLS_MODES)),
     "data_policy": _Spec(str_then(choice(DATA_POLICIES)), choice(DATA_POLICIES)),
+    "nat64_prefix": _Spec(str_then(parse_prefix), optional(check_prefix)),
     "tls_cert": _Spec(str_then(check_path), optional(check_path)),
     "tls_key": _Spec(str_then(check_path), optional(check_path)),
     "require_tls": _BOOL,
@@ -389,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
         "client's own PORT/EPRT/PASV/EPSV), passive (ftpalg uses EPSV upstream, PASV if the "
         "server refuses it), active (EPRT upstream, PORT if refused), or exactly PASV, EPSV, "
         "PORT or EPRT upstream; ftpalg answers the client's own command itself",
+    )
+    add(
+        "--nat64-prefix",
+        dest="nat64_prefix",
+        metavar="PREFIX",
+        type=_arg(parse_prefix),
+        help="transparent mode: IPv6 control connections to an address in this NAT64 prefix "
+        "(RFC 6052; e.g. 64:ff9b::/96) go to the embedded IPv4 server, translated per RFC 6384 "
+        "(docs/nat64.md; default: off)",
     )
     add(
         "--data-plane",

@@ -34,6 +34,7 @@ class SessionOpened(Observation):
     client_face: Endpoint
     mode: str  # "transparent" or "reverse"
     connect_ms: float
+    nat64: bool = False  # an IPv6 client with an IPv4 server: translated (docs/nat64.md)
 
 
 @dataclass(frozen=True, slots=True)

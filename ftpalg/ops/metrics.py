@@ -113,6 +113,11 @@ class Metrics:
 
         self.sessions_active = gauge("sessions_active", "Open control sessions", "mode")
         self.sessions = counter("sessions", "Control sessions opened", "mode")
+        self.nat64_sessions = counter(
+            "nat64_sessions",
+            "Control sessions translated between an IPv6 client and an IPv4 server (NAT64)",
+            "mode",
+        )
         self.rewrites = counter("rewrites", "PORT/EPRT/227/229 lines rewritten", "kind")
         self.refusals = counter(
             "refusals",
@@ -163,6 +168,7 @@ class Metrics:
         every_label: list[tuple[tuple[str, ...], Counter | Gauge]] = [
             (MODES, self.sessions_active),
             (MODES, self.sessions),
+            (MODES, self.nat64_sessions),
             (KINDS, self.rewrites),
             (REASONS, self.refusals),
             (tuple(o.value for o in ExpectationOutcome), self.expectations),
@@ -210,6 +216,8 @@ class Metrics:
                 self._series(self._opened, self.sessions, obs.mode).inc()
                 self._series(self._active, self.sessions_active, obs.mode).inc()
                 self.upstream_latency.observe(obs.connect_ms / 1000)
+                if obs.nat64:
+                    self.nat64_sessions.labels(obs.mode).inc()
             case SessionClosed():
                 self._series(self._active, self.sessions_active, self.mode).dec()
             case CommandRefused() | DataRejected() | SessionRefused():

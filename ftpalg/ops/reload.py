@@ -111,6 +111,8 @@ def check_config(argv: Sequence[str]) -> tuple[int, str]:
         return 2, f"ftpalg: {exc}"
     source = f"config {args.config}" if args.config else "built-in defaults and flags"
     mode = f"reverse to {config.upstream}" if config.upstream else "transparent"
+    if config.nat64_prefix is not None:
+        mode += f", NAT64 prefix {config.nat64_prefix}"
     line = f"ftpalg: {source}: OK ({mode}, listen {', '.join(map(str, config.listen))})"
     keys = overridden(argv, args.config)
     if keys:

@@ -4,10 +4,14 @@ How this works. Each accepted control connection is paused while ftpalg connects
 in transparent mode to the connection's original destination (`getsockname()` of the
 accepted socket), in reverse mode to the fixed `--upstream`. A transparent connection whose
 original destination is the gateway itself has no upstream and gets 421 (never a connection
-back to ftpalg). When the upstream stands, the four faces are known and a `ControlSession`
-starts. Every refusal goes through `refusal.refuse`. A client that resets before its session
-stands (a port scan) costs one `client_gone` line and nothing else. Data relays run as
-gateway-owned tasks so they finish even after their control session ends.
+back to ftpalg). NAT64 (`nat64_prefix`, docs/nat64.md): an IPv6 original destination inside
+the prefix stands for the IPv4 address embedded in it (RFC 6052); ftpalg dials that over
+IPv4 from its own address (`source_transparent` cannot apply across families), and an
+embedded address of the gateway itself gets the same 421. When the upstream stands, the
+four faces are known and a `ControlSession` starts. Every refusal goes through
+`refusal.refuse`. A client that resets before its session stands (a port scan) costs one
+`client_gone` line and nothing else. Data relays run as gateway-owned tasks so they finish
+even after their control session ends.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any
 
 from ftpalg.core import policy as P
 from ftpalg.core.messages import Endpoint, Side
+from ftpalg.core.nat64 import translated
 from ftpalg.core.observations import Refusal
+from ftpalg.core.rfc6052 import extract
 from ftpalg.core.session import Faces, Session
 from ftpalg.kernel.nft import forward_blocked
 from ftpalg.ops.config import Config
@@ -49,6 +55,7 @@ from ftpalg.proxy.tls_plane import TlsRelayPlane
 from ftpalg.proxy.tls_upgrade import implicit_tls
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+NAT64_RELAY = "an IPv6 client with an IPv4 server: the kernel data plane cannot join families"
 
 
 def tls_mode(config: Config) -> str:
@@ -107,15 +114,25 @@ class Gateway:
             acceptor = Acceptor(self.loop, sock, self.client_connected, self.observe)
             acceptor.start()
             self.acceptors.append(acceptor)
+        self._nat64_note()
+
+    def _nat64_note(self) -> None:
+        """With the kernel data plane: say once that NAT64 sessions use the relay."""
+        if self.kernel_data is not None and self.config.nat64_prefix is not None:
+            self.log.info(
+                "data_plane_relay",
+                sessions=f"nat64 ({self.config.nat64_prefix})",
+                reason=NAT64_RELAY,
+            )
 
     def _plane_factory(
         self, faces: Faces
     ) -> tuple[str, Callable[[ControlSession], DataPlane] | None]:
         """A new session's data plane, by name: the kernel's when the gateway has one that
         may be used (with the factory that makes it), else the relay (None: the default).
-        Reverse mode, where the relay carries instead: an IPv6 client with an IPv4 server
-        (nftables cannot join them), a client or server on this host (its packets never
-        pass prerouting, where the pinholes are)."""
+        The relay carries instead for an IPv6 client with an IPv4 server (NAT64, either
+        mode: nftables cannot join the families) and, in reverse mode, for a client or server
+        on this host (its packets never pass prerouting, where the pinholes are)."""
         data = self.kernel_data
         if self.policy.tls == "terminate":  # TLS data: ftpalg decrypts (tls_plane.py)
             context, client = tls_context.context_for(self.config), faces.client.host
@@ -126,10 +143,10 @@ class Gateway:
             return "relay", None
         if self.policy.data_policy != "client":  # the kernel cannot join two of its own
             return "relay", None
+        if faces.client.host.version != faces.server.host.version:
+            return "relay", None  # NAT64 (either mode): nftables cannot join the families
         if self.config.upstream is not None and (
-            faces.client.host.version != faces.server.host.version
-            or is_local_address(faces.client.host)
-            or is_local_address(faces.server.host)
+            is_local_address(faces.client.host) or is_local_address(faces.server.host)
         ):
             return "relay", None
         timeout_ms = int(self.policy.expect_timeout * 1000)
@@ -141,7 +158,10 @@ class Gateway:
     def reconfigure(self, config: Config) -> None:
         """SIGHUP: new settings apply to sessions opened from now on; the kernel data plane's
         check of foreign forward chains runs again (docs/data-plane.md)."""
+        nat64_before = self.config.nat64_prefix
         self.config, self.policy = config, core_policy(config)
+        if config.nat64_prefix != nat64_before:
+            self._nat64_note()
         if self.kernel_data is not None:
             self.check_forward_chains()
 
@@ -204,9 +224,20 @@ class Gateway:
                 upstream.host, upstream.port, type=socket.SOCK_STREAM
             )
             return endpoint(infos[0][4])
-        if is_local_address(local.host):
+        target = self._nat64_target(local)
+        if target is None or is_local_address(target.host):
             return None  # addressed to the gateway itself: no upstream (never loop back)
-        return local
+        return target
+
+    def _nat64_target(self, local: Endpoint) -> Endpoint | None:
+        """The original destination, or inside the NAT64 prefix the IPv4 address embedded in
+        it (same port); None for an address in the prefix that embeds none (RFC 6052: u
+        octet or suffix not zero)."""
+        prefix = self.config.nat64_prefix
+        if prefix is None or local.host.version != 6 or local.host not in prefix:
+            return local
+        ipv4 = extract(prefix, local.host)
+        return None if ipv4 is None else Endpoint(ipv4, local.port)
 
     def _client_gone(self, conn: socket.socket, client: Endpoint, stage: str, exc: Any) -> None:
         """The client left (reset) before its session stood: one line, nothing kept."""
@@ -233,7 +264,9 @@ class Gateway:
         if upstream is None:
             refuse(conn, P.NO_UPSTREAM, Refusal.NO_UPSTREAM, None, observe)
             return
-        source = Endpoint(client.host, 0) if self.config.source_transparent else None
+        source = None  # from the gateway's own address, unless source_transparent
+        if self.config.source_transparent and upstream.host.version == client.host.version:
+            source = Endpoint(client.host, 0)  # NAT64: an IPv6 client cannot be an IPv4 source
         started = self.loop.time()
         try:
             up_sock = await self.dial(upstream, source)
@@ -290,7 +323,11 @@ class Gateway:
         self.sessions.add(control)
         mode = "reverse" if self.config.upstream else "transparent"
         connect_ms = round((self.loop.time() - started) * 1000, 3)
-        observe(SessionOpened(faces.server, faces.server_face, faces.client_face, mode, connect_ms))
+        nat64 = translated(faces.client.host, faces.server.host)  # RFC 6384: core/nat64.py
+        opened = SessionOpened(
+            faces.server, faces.server_face, faces.client_face, mode, connect_ms, nat64
+        )
+        observe(opened)
         half.start(control)
         return None
 
