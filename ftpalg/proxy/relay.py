@@ -294,7 +294,8 @@ class _Relay:
 
     def start(self) -> None:
         for sock in self.socks:
-            sock.setblocking(False)
+            if sock.gettimeout() != 0.0:  # the gateway's are non-blocking already: no ioctl
+                sock.setblocking(False)
             # Not TCP (odd callers): there is no urgent data to keep inline.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)

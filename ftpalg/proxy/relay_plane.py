@@ -135,7 +135,7 @@ class RelayPlane:
 
     async def _join(self, conn: int, client: socket.socket, server: socket.socket) -> None:
         start = self.loop.time()
-        result = await relay(client, server)
+        result = await relay(client, server, loop=self.loop)
         seconds = self.loop.time() - start
         self.feed(DataFinished(conn, result.a_to_b, result.b_to_a, seconds, result.error))
 
@@ -192,7 +192,7 @@ class RelayPlane:
             result_error = f"connect {action.target}: {exc.strerror or exc}"
         else:
             self.feed(DataConnected(action.conn))
-            result = await relay(accepted, dialed)
+            result = await relay(accepted, dialed, loop=self.loop)
             a_to_d, d_to_a, result_error = result.a_to_b, result.b_to_a, result.error
         seconds = self.loop.time() - start
         self.feed(DataFinished(action.conn, a_to_d, d_to_a, seconds, result_error))
