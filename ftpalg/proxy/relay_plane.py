@@ -94,7 +94,8 @@ class RelayPlane:
         self.close(action.listener)  # a retry on another port reuses the id
         self._listeners[action.listener] = sock
         self.loop.add_reader(sock.fileno(), self._accept, action.listener)
-        return ListenerOpened(action.listener, sock.getsockname()[1])
+        port = action.port or sock.getsockname()[1]  # bound where asked: no getsockname
+        return ListenerOpened(action.listener, port)
 
     def close(self, listener: int) -> None:
         sock = self._listeners.pop(listener, None)
