@@ -22,6 +22,7 @@ of that side's lines (waiting for a data dial): back-pressure, never unbounded m
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, assert_never, cast
@@ -340,6 +341,11 @@ class ControlSession:
             return
         self.closed = True
         self.plane.finish()
+        # the plane feeds this session (its `handle`): a cycle. From here the session holds
+        # it weakly: a transfer still running holds it (its task, or the kernel's table of
+        # running transfers) and feeds its end here; without one, both are freed at once by
+        # reference counting instead of waiting for the cyclic GC.
+        self.plane = cast(DataPlane, weakref.proxy(self.plane))
         for half in self.halves.values():
             if (transport := half.writable()) is not None:
                 self._linger(transport)

@@ -94,7 +94,8 @@ class RelayPlane:
         self.close(action.listener)  # a retry on another port reuses the id
         self._listeners[action.listener] = sock
         self.loop.add_reader(sock.fileno(), self._accept, action.listener)
-        return ListenerOpened(action.listener, sock.getsockname()[1])
+        port = action.port or sock.getsockname()[1]  # bound where asked: no getsockname
+        return ListenerOpened(action.listener, port)
 
     def close(self, listener: int) -> None:
         sock = self._listeners.pop(listener, None)
@@ -135,7 +136,7 @@ class RelayPlane:
 
     async def _join(self, conn: int, client: socket.socket, server: socket.socket) -> None:
         start = self.loop.time()
-        result = await relay(client, server)
+        result = await relay(client, server, loop=self.loop)
         seconds = self.loop.time() - start
         self.feed(DataFinished(conn, result.a_to_b, result.b_to_a, seconds, result.error))
 
@@ -192,7 +193,7 @@ class RelayPlane:
             result_error = f"connect {action.target}: {exc.strerror or exc}"
         else:
             self.feed(DataConnected(action.conn))
-            result = await relay(accepted, dialed)
+            result = await relay(accepted, dialed, loop=self.loop)
             a_to_d, d_to_a, result_error = result.a_to_b, result.b_to_a, result.error
         seconds = self.loop.time() - start
         self.feed(DataFinished(action.conn, a_to_d, d_to_a, seconds, result_error))

@@ -8,6 +8,7 @@ stdlib loop and on uvloop, with splice (``zero_copy=True``) and with the recv/se
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import random
@@ -401,3 +402,29 @@ def test_pipe_size_fits_the_unprivileged_maximum() -> None:
     # above fs.pipe-max-size only CAP_SYS_RESOURCE may resize a pipe: ftpalg after --user not
     max_size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
     assert 64 * 1024 <= PIPE_SIZE <= max_size
+
+
+def test_a_finished_relay_leaves_no_cycles(run: Runner, zero_copy: bool) -> None:
+    """A relay's objects (directions, buffers, pipes' owners) are freed by reference counting
+    when it ends: one per data connection must not wait for the cyclic GC (sessions/s)."""
+    data = payload(SPLICE_AFTER * 2, 5)  # past SPLICE_AFTER: the pipe (or big buffer) too
+
+    async def main() -> None:
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, zero_copy=zero_copy))
+            await asyncio.gather(send_all(x, data), send_all(y, b"back"), recv_all(y), recv_all(x))
+            assert await task == RelayResult(len(data), 4, None)
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run(main)
+        gc.collect()
+        left = [o for o in gc.garbage if type(o).__module__ == "ftpalg.proxy.relay"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

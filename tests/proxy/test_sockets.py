@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -11,16 +12,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, cast
 
 import pytest
 
 from ftpalg.proxy.sockets import (
     IP_BIND_ADDRESS_NO_PORT,
     IP_TRANSPARENT,
+    connect,
     is_local_address,
     make_dial_socket,
     make_listener,
     set_control_options,
+    stream_socket,
 )
 from tests.requirements import unavailable
 
@@ -92,6 +96,29 @@ def test_dial_socket_fixed_port_and_reuse() -> None:
         a.close()  # TIME_WAIT on our side
         with make_dial_socket(V4, src_port, transparent=False) as b:
             assert b.getsockname() == ("127.0.0.1", src_port)
+
+
+class NoWaiting:
+    """A loop that fails the test if `connect` waits for the socket at all."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"connect waited: loop.{name}")
+
+
+def test_connect_answered_inside_connect_registers_nothing() -> None:
+    """On loopback the handshake (or the refusal) runs inside connect(): the outcome is taken
+    at once, with no writer registered on the loop (uvloop: 8 system calls), no future and no
+    timer; the refusal is still an OSError with its errno."""
+    loop = cast(asyncio.AbstractEventLoop, NoWaiting())
+    with make_listener(V4, 0, transparent=False) as srv, stream_socket(socket.AF_INET) as sock:
+        asyncio.run(connect(loop, sock, ("127.0.0.1", srv.getsockname()[1]), 5.0))
+        accepted, peer = srv.accept()
+        with accepted:
+            assert peer == sock.getsockname()
+        port = srv.getsockname()[1]
+    with stream_socket(socket.AF_INET) as sock, pytest.raises(OSError) as refused:
+        asyncio.run(connect(loop, sock, ("127.0.0.1", port), 5.0))  # nothing listens now
+    assert refused.value.errno == errno.ECONNREFUSED
 
 
 def test_is_local_address() -> None:
