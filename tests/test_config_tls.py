@@ -30,6 +30,7 @@ def pem(tmp_path: Path, name: str) -> tuple[str, str]:
         (["--tls", "terminate", *UP], "--tls: terminate needs tls_cert and tls_key"),
         (["--tls", "terminate", "--tls-cert", "c", "--tls-key", "k"], "needs reverse mode"),
         (["--listen-implicit", "0.0.0.0:990", *UP], "needs tls = terminate"),
+        (["--tls-upstream", *UP], "--tls-upstream: needs tls = terminate"),
     ],
 )
 def test_one_line_errors(argv: list[str], message: str) -> None:
@@ -42,6 +43,7 @@ def test_flags() -> None:
     argv = ["--tls", "terminate", "--tls-cert", "c.pem", "--tls-key", "k.pem", *UP]
     config, _ = build_config([*argv, "--require-tls", "--listen-implicit", "[::]:990"])
     assert (config.tls_cert, config.tls_key, config.require_tls) == ("c.pem", "k.pem", True)
+    assert not config.tls_upstream and build_config([*argv, "--tls-upstream"])[0].tls_upstream
     assert [str(e) for e in config.listen_implicit] == ["[::]:990"]
 
 
@@ -183,3 +185,20 @@ def test_toml_tls_settings_and_check_config_loads_them(tmp_path: Path) -> None:
     status, line = check_config(["--config", str(path)])
     assert status == 0, line
     assert tls_context.context_for(config).minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_upstream_context_follows_the_tls_settings(tmp_path: Path) -> None:
+    """tls_upstream: ftpalg's client context has the same floor and TLS 1.2 suites, and does
+    not verify the server (a legacy server's self-signed certificate)."""
+    cert, key = pem(tmp_path, "u")
+    config, _ = build_config(terminate(cert, key, "--tls-upstream", "--tls-min-version", "1.3"))
+    ctx = tls_context.upstream_context(config)
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3 and ctx.verify_mode == ssl.CERT_NONE
+    assert tls_context.upstream_context(config) is ctx  # one per setting
+    server = tls_context.context_for(config)
+    assert handshake(server, ctx)[0] == "TLSv1.3"
+    config, _ = build_config(terminate(cert, key, "--tls-ciphers", "ECDHE+CHACHA20"))
+    tls12 = [
+        c for c in tls_context.upstream_context(config).get_ciphers() if c["protocol"] == "TLSv1.2"
+    ]
+    assert tls12 and all("CHACHA20" in c["name"] for c in tls12), tls12

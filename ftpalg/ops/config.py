@@ -106,6 +106,7 @@ class Config:
     require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
     tls_ciphers: str = DEFAULT_TLS_CIPHERS  # terminate: OpenSSL cipher string for TLS 1.2
     tls_min_version: str = "1.2"  # terminate: "1.2" or "1.3"
+    tls_upstream: bool = False  # terminate: explicit FTPS to the server too (tls_upstream.py)
     listen_implicit: tuple[Endpoint, ...] = ()  # terminate: implicit FTPS (TLS at once)
     data_policy: DataPolicy = "client"  # data-mode conversion (docs/conversion.md)
     expect_timeout: float = 300.0
@@ -149,6 +150,9 @@ class Config:
         if self.listen_implicit and self.tls != "terminate":
             msg = "needs tls = terminate (ftpalg is the TLS server there)"
             raise ConfigError(f"listen_implicit: {msg}", key="listen_implicit")
+        if self.tls_upstream and self.tls != "terminate":
+            msg = "needs tls = terminate (ftpalg speaks TLS to both sides)"
+            raise ConfigError(f"tls_upstream: {msg}", key="tls_upstream")
         if self.tls == "terminate" and self.upstream is None:
             raise ConfigError("tls: terminate needs reverse mode (upstream)", key="tls")
         if self.announce_address and self.upstream is None:
@@ -187,6 +191,7 @@ _SPECS: dict[str, _Spec] = {
     "require_tls": _BOOL,
     "tls_ciphers": _Spec(str_then(check_tls_ciphers), check_tls_ciphers),
     "tls_min_version": _Spec(toml_tls_version, check_tls_version),
+    "tls_upstream": _BOOL,
     "listen_implicit": _Spec(strings(parse_endpoint), unique),
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
@@ -319,6 +324,12 @@ _SWITCHES = {  # flag: (dest, value, help)
         "require_tls",
         True,
         "tls terminate: refuse USER and PASS before AUTH TLS with 530 (no password in clear)",
+    ),
+    "--tls-upstream": (
+        "tls_upstream",
+        True,
+        "tls terminate: speak explicit FTPS (AUTH TLS, PBSZ 0, PROT P) to the server too, its "
+        "data connections resuming the control connection's TLS session",
     ),
     "--no-kernel-setup": (
         "kernel_setup",

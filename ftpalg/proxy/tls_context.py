@@ -16,6 +16,7 @@ configuration error.
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 from ftpalg.ops.config import Config, ConfigError
@@ -42,6 +43,22 @@ def server_context(
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(cert, key)
     return ctx
+
+
+@functools.lru_cache(maxsize=4)
+def _client_context(ciphers: str, min_version: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # docs/ftps.md: tls_upstream
+    ctx.minimum_version = VERSIONS[min_version]
+    ctx.set_ciphers(ciphers + TLS_NEVER)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def upstream_context(config: Config) -> ssl.SSLContext:
+    """`tls_upstream`: ftpalg's client context towards the server (the same versions and
+    TLS 1.2 suites as towards clients; the server's certificate is not verified)."""
+    return _client_context(config.tls_ciphers, config.tls_min_version)
 
 
 def load(config: Config) -> ssl.SSLContext | None:
