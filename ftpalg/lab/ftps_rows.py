@@ -10,6 +10,9 @@ How this works: `cases()` lists the rows, each with the `tls` policy it exercise
 - `terminate` (reverse mode): curl `--ssl-reqd` (PROT P) to ftpalg on the gateway's inside
   addresses, port 2121, which is the TLS server (a throw-away self-signed certificate) in
   front of the lab's plain IPv4 server; the IPv6 rows are IPv6 clients of that server.
+- `terminate+upstream` (reverse mode, `tls_upstream`): the same on port 2122 in front of the
+  vsftpd that requires TLS: ftpalg speaks FTPS to it too, its data connections resuming
+  the control connection's TLS session.
 
 With `--kernel`, `run_kernel` runs the passthrough rows through the kernel's ftp helper and
 masquerade with outbound forwarding open: the helper cannot read the encrypted `227`, so
@@ -36,13 +39,15 @@ from ftpalg.lab.server_base import FtpServer, make_file
 from ftpalg.lab.servers import self_signed, start_vsftpd
 from ftpalg.lab.table import Case, Outcome, shorten
 
-TERMINATE_PORT = 2121
+TERMINATE_PORT, UPSTREAM_PORT = 2121, 2122
+UPSTREAM = "terminate+upstream"
 ROWS = (
     ("passthrough", "curl-ftps", 4),
     ("passthrough", "lftp-ftps", 4),
     ("passthrough", "curl-ftps", 6),
     ("terminate", "curl-ftps", 4),
     ("terminate", "curl-ftps", 6),
+    (UPSTREAM, "curl-ftps", 4),
 )
 Report = Callable[[Case, Outcome], None]
 
@@ -84,22 +89,26 @@ def start_tls_servers(lab: Lab, plain: FtpServer, plain_digest: str, size: int) 
 
 def _target(lab: Lab, site: FtpsSite, case: Case) -> tuple[FtpServer, FtpTarget]:
     """The server that holds the files and where the client connects for `case`."""
+    a = lab.addresses
     if case.tls == "passthrough":
         srv = site.tls_servers[case.version]  # anonymous: lftp sends AUTH only with a login
         return srv, FtpTarget(srv.address, srv.port, "anonymous", "lab@")
-    a = lab.addresses
+    if case.tls == UPSTREAM:
+        srv = site.tls_servers[4]
+        return srv, FtpTarget(a.gw_inside_v4, UPSTREAM_PORT, "anonymous", "lab@")
     face = a.gw_inside_v4 if case.version == 4 else a.gw_inside_v6
     plain = site.plain
     return plain, FtpTarget(face, TERMINATE_PORT, plain.user, plain.password)
 
 
-def _what_ftpalg_saw(alg: AlgProcess | None, since: int) -> str | None:
+def _what_ftpalg_saw(alg: AlgProcess | None, since: int, tls: str) -> str | None:
     if alg is None:
         return None
     passed, windows = alg.named("tls_passthrough", since), alg.named("tls_data_window", since)
     terminated = alg.named("tls_terminate", since)
     if terminated:
-        return f"{shorten(terminated[-1]['command'])} answered by ftpalg, plain upstream"
+        upstream = "TLS upstream (PROT P)" if tls == UPSTREAM else "plain upstream"
+        return f"{shorten(terminated[-1]['command'])} answered by ftpalg, {upstream}"
     if not passed:
         return "no AUTH passed through"
     text = f"{shorten(passed[-1]['command'])} passed through"
@@ -130,7 +139,7 @@ def run_rows(
             ok, reason, result = run_case(
                 lab, path, case, srv, target, site.digest(srv), work, upload_digest, timeout
             )
-            saw = _what_ftpalg_saw(alg, since)
+            saw = _what_ftpalg_saw(alg, since, tls)
             out[i] = Outcome(ok, result.nbytes if ok else 0, result.seconds, reason, saw)
             report(case, out[i])
     return out
@@ -169,7 +178,14 @@ def run_ftpalg(
     args = ["--listen", f"{a.gw_inside_v4}:{TERMINATE_PORT}"]
     args += ["--listen", f"[{a.gw_inside_v6}]:{TERMINATE_PORT}"]
     args += ["--upstream", f"{site.plain.address}:{site.plain.port}"]
-    args += ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key)]
-    alg = start_ftpalg(lab, args)
+    tls = ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key)]
+    alg = start_ftpalg(lab, [*args, *tls])
     done |= run_rows(lab, "ftpalg", site, all_cases, "terminate", alg, report)
+    alg.stop()
+    server = site.tls_servers[4]
+    face = f"{a.gw_inside_v4}:{UPSTREAM_PORT}"
+    step(f"ftpalg --tls terminate --tls-upstream (reverse mode, {face}) in front of vsftpd+TLS")
+    args = ["--listen", face, "--upstream", f"{server.address}:{server.port}", "--tls-upstream"]
+    alg = start_ftpalg(lab, [*args, *tls])
+    done |= run_rows(lab, "ftpalg", site, all_cases, UPSTREAM, alg, report)
     return [done.get(i) for i in range(len(all_cases))], alg

@@ -156,7 +156,8 @@ FTPS_LEGEND = (
     "tls: ftpalg's policy. passthrough: transparent mode in front of a vsftpd that requires\n"
     "TLS, the session relayed unread after the server's 234, its passive data let through a\n"
     "window (kernel data plane, closed gateway); terminate: reverse mode, ftpalg is the TLS\n"
-    "server in front of the plain server (PROT P data). kernel: the ftp conntrack helper +\n"
+    "server in front of the plain server (PROT P data); terminate+upstream: the same in front\n"
+    "of the vsftpd requiring TLS, ftpalg its TLS client. kernel: the ftp conntrack helper +\n"
     "masquerade with outbound forwarding open (the helper cannot read an encrypted 227: behind\n"
     "the plain rows' forward policy its data would be dropped); '-': not applicable."
 )

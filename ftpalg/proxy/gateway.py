@@ -293,6 +293,8 @@ class Gateway:
         try:
             await self.loop.connect_accepted_socket(lambda: half, sock=conn, **tls)
         except OSError as exc:
+            if secured is not None:
+                secured.leg.abort()  # its transport owns up_sock
             up_sock.close()
             return self._client_gone(conn, faces.client, "session", exc)
         control.attach(Side.CLIENT, half)

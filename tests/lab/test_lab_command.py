@@ -107,7 +107,8 @@ def test_lab_shows_conversions_under_a_data_policy() -> None:
 def test_lab_ftps_rows_with_the_kernel_side_by_side() -> None:
     """`ftpalg lab --ftps --kernel`: explicit FTPS passthrough (curl --ssl-reqd, lftp
     ssl-force; vsftpd requiring TLS) through ftpalg and through the kernel helper, terminate
-    in reverse mode (curl --ssl-reqd, PROT P) in front of the plain server; every transfer
+    in reverse mode (curl --ssl-reqd, PROT P) in front of the plain server and, with
+    tls_upstream, in front of the vsftpd requiring TLS; every transfer
     sha256-checked by the lab; each row names its tls policy and what ftpalg saw."""
     _need_lab()
     need_tools("openssl")
@@ -127,9 +128,10 @@ def test_lab_ftps_rows_with_the_kernel_side_by_side() -> None:
         "kernel",
         "MB/s",
     ]
-    assert len(rows) == 10, rows
+    assert len(rows) == 12, rows
     passthrough = [r for r in rows if r[0] == "passthrough"]
     terminate = [r for r in rows if r[0] == "terminate"]
+    upstream = [r for r in rows if r[0] == "terminate+upstream"]
     assert {(r[1], r[2]) for r in passthrough} == {
         ("curl-ftps", "v4"),
         ("lftp-ftps", "v4"),
@@ -142,7 +144,11 @@ def test_lab_ftps_rows_with_the_kernel_side_by_side() -> None:
     for row in terminate:
         assert re.fullmatch(r"AUTH (TLS|SSL) answered by ftpalg, plain upstream", row[4]), row
         assert row[5] == "ok" and row[7:] == ["-", "-"], row
-    assert "FTPS ftpalg: 10/10 ok; kernel: 6/6 ok" in run.stdout
+    assert [(r[2], r[3]) for r in upstream] == [("v4", "get"), ("v4", "put")]
+    for row in upstream:  # tls_upstream: FTPS to the vsftpd requiring TLS too
+        assert re.fullmatch(r"AUTH (TLS|SSL) answered by ftpalg, TLS upstream \(PROT P\)", row[4])
+        assert row[5] == "ok" and row[7:] == ["-", "-"], row
+    assert "FTPS ftpalg: 12/12 ok; kernel: 6/6 ok" in run.stdout
     assert "ftpalg --tls terminate (reverse mode" in run.stderr
     assert namespaces_of(lab_id(run.stderr)) == []
 
