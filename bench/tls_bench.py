@@ -8,7 +8,7 @@ AES-GCM as negotiated by OpenSSL):
   plain "server" (a child process sends `--size-mib` MiB in plain, as a legacy server does on
   a PROT P download through ftpalg; the child's TLS client receives and counts them);
 - `upstream`: the same with `tls_upstream`: the child's sender is a TLS server and this
-  process its TLS client (`tls_client_leg.py`, memory BIOs), so ftpalg decrypts the server's
+  process its TLS client (`tls_bio_leg.py`, memory BIOs), so ftpalg decrypts the server's
   leg and encrypts the client's;
 - `direct`: this process is the FTPS server itself: it sends the same bytes over TLS from a
   blocking socket (what a TLS-capable server spends; a direct FTPS transfer).

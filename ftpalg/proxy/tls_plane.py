@@ -24,7 +24,7 @@ from ftpalg.core.wire import Address
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.relay_plane import PlaneHost, RelayPlane
 from ftpalg.proxy.sockets import endpoint
-from ftpalg.proxy.tls_client_leg import TlsClientLeg
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 from ftpalg.proxy.tls_relay import tls_relay
 
 
@@ -42,7 +42,7 @@ class TlsRelayPlane(RelayPlane):
         self.client = client  # the client's address: which leg of a data connection is TLS
         self.private = False  # PROT P
         # tls_upstream: the server's legs are TLS too, resuming this leg's session
-        self.upstream: tuple[ssl.SSLContext, TlsClientLeg] | None = None
+        self.upstream: tuple[ssl.SSLContext, BioTlsLeg] | None = None
 
     def protect(self, private: bool) -> None:
         self.private = private

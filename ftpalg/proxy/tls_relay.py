@@ -1,11 +1,12 @@
 """`tls = terminate`, PROT P: one data connection relayed between a TLS client and a plain
 server (the splice relay, relay.py, cannot decrypt); with `tls_upstream` the server's leg is
 TLS too (ftpalg the TLS client, resuming the control connection's session:
-tls_client_leg.py), and the client's leg may then be plain (PROT C).
+tls_bio_leg.py), and the client's leg may then be plain (PROT C).
 
-How this works. The client's socket is handed to the loop as a server-side TLS transport
-(`connect_accepted_socket(ssl=...)`, on uvloop too; its handshake must finish within
-`HANDSHAKE_TIMEOUT`), the server's as a plain one; two small protocols pass what one receives
+How this works. The client's socket gets ftpalg's own server-side TLS (`BioTlsLeg`, memory
+BIOs over a plain transport: uvloop's TLS transport can lose an upload's end, see there;
+its handshake must finish within `HANDSHAKE_TIMEOUT`), the server's is plain (or
+`BioTlsLeg` as the client, `tls_upstream`); two small protocols pass what one receives
 to the other's transport, and back-pressure pauses the reading side while the writing side's
 buffer is full. Bytes that arrive before the other transport stands are kept and written
 first by its `connection_made`, so nothing that arrives later can overtake them. The
@@ -22,12 +23,8 @@ import asyncio
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
-from ftpalg.proxy.tls_client_leg import TlsClientLeg
-from ftpalg.proxy.tls_context import HANDSHAKE_TIMEOUT
-
-SHUTDOWN_TIMEOUT = 5.0  # seconds a TLS close waits for the client's close_notify
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 
 
 @dataclass(slots=True)
@@ -118,23 +115,25 @@ async def tls_relay(
     """Relay until both ends are closed; a failed handshake closes both and says why.
     `context`: the client's leg is TLS with ftpalg as the server (None: plain, PROT C);
     `upstream` (tls_upstream): the server's leg is TLS with ftpalg as the client, resuming
-    the given session (tls_client_leg.py)."""
+    the given session (tls_bio_leg.py)."""
     relay = _Relay(loop)
     tls_leg, plain_leg = _Leg(relay, "client"), _Leg(relay, "server")
     tls_leg.peer, plain_leg.peer = plain_leg, tls_leg
-    tls: dict[str, Any] = {}
-    if context is not None:
-        tls = {"ssl": context, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
-        tls["ssl_shutdown_timeout"] = SHUTDOWN_TIMEOUT
+    client_protocol: asyncio.Protocol = tls_leg
+    if context is not None:  # tls_leg's connection_made comes after the handshake
+        client_protocol = BioTlsLeg(tls_leg, context, server_side=True)
     try:
-        await loop.connect_accepted_socket(lambda: tls_leg, sock=client, **tls)
+        await loop.connect_accepted_socket(lambda: client_protocol, sock=client)
+        if isinstance(client_protocol, BioTlsLeg):
+            assert client_protocol.handshake is not None
+            await client_protocol.handshake
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
         client.close()
         server.close()
         return TlsRelayResult(0, 0, f"client TLS handshake: {exc or type(exc).__name__}")
     server_protocol: asyncio.Protocol = plain_leg
     if upstream is not None:  # plain_leg's connection_made comes after the handshake
-        server_protocol = TlsClientLeg(plain_leg, *upstream)
+        server_protocol = BioTlsLeg(plain_leg, *upstream)
     try:
         await loop.connect_accepted_socket(lambda: server_protocol, sock=server)
     except OSError as exc:

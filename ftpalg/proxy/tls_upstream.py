@@ -3,7 +3,7 @@ that requires it, while its clients speak FTPS (or plain FTP) to ftpalg.
 
 How this works. Right after the dial, before the client's session is wired (gateway.py),
 `secure_upstream()` reads the server's banner in plain, sends `AUTH TLS` and, on `234`, runs
-the TLS handshake as the client over the same socket (`TlsClientLeg`: ftpalg's own TLS, whose
+the TLS handshake as the client over the same socket (`BioTlsLeg`: ftpalg's own TLS, whose
 session data connections can resume), then sends `PBSZ 0` and `PROT P` inside TLS: the
 server's data connections are TLS from then on, whatever the client says with its own `PROT`
 (which ftpalg answers itself: tls_terminate.py). Every reply must be the expected one
@@ -24,7 +24,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ftpalg.proxy.tls_client_leg import TlsClientLeg
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 from ftpalg.proxy.tls_plane import TlsRelayPlane
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class _Replies(asyncio.Protocol):
 
 @dataclass
 class SecuredUpstream:
-    leg: TlsClientLeg
+    leg: BioTlsLeg
     banner: bytes
     context: ssl.SSLContext
 
@@ -134,7 +134,7 @@ async def secure_upstream(
 ) -> SecuredUpstream:
     """AUTH TLS, the handshake, PBSZ 0, PROT P on the dialed `sock`; UpstreamTlsError (and
     the socket closed) when the server does not go along."""
-    leg: TlsClientLeg | None = None
+    leg: BioTlsLeg | None = None
     try:
         async with asyncio.timeout(timeout):
             banner = await _plain_reply(loop, sock)
@@ -142,7 +142,7 @@ async def secure_upstream(
             await loop.sock_sendall(sock, b"AUTH TLS\r\n")
             _expect(await _plain_reply(loop, sock), b"234", "AUTH TLS")
             replies = _Replies()
-            leg = TlsClientLeg(replies, context, server_hostname=server_hostname)
+            leg = BioTlsLeg(replies, context, server_hostname=server_hostname)
             await loop.connect_accepted_socket(lambda: leg, sock=sock)
             assert leg.handshake is not None
             await leg.handshake

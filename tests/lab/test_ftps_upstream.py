@@ -1,4 +1,4 @@
-"""`tls_upstream = true` (issue 13; proxy/tls_upstream.py, tls_client_leg.py, docs/ftps.md):
+"""`tls_upstream = true` (issue 13; proxy/tls_upstream.py, tls_bio_leg.py, docs/ftps.md):
 ftpalg in reverse mode terminates its clients' FTPS and speaks explicit FTPS itself to a
 vsftpd that forces TLS for logins and data, with vsftpd's default `require_ssl_reuse=YES`:
 every data connection ftpalg makes to it must resume the control connection's TLS session.

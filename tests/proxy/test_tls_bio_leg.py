@@ -1,5 +1,5 @@
 """`tls_upstream` pieces on loopback, against a real TLS server (Python's ssl in a thread):
-the client leg (proxy/tls_client_leg.py) resumes a given TLS session on a new connection —
+the client leg (proxy/tls_bio_leg.py) resumes a given TLS session on a new connection —
 what vsftpd's require_ssl_reuse demands of every data connection — on TLS 1.2 and 1.3;
 downloads end at the server's close_notify, uploads end with ours; a failed handshake
 reaches the app as connection_lost; and the reply splitter of proxy/tls_upstream.py."""
@@ -7,6 +7,7 @@ reaches the app as connection_lost; and the reply splitter of proxy/tls_upstream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpalg.proxy.tls_client_leg import TlsClientLeg
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 from ftpalg.proxy.tls_upstream import split_reply
 
 DATA = os.urandom(3 << 20)
@@ -85,10 +86,10 @@ class App(asyncio.Protocol):
 
 async def open_leg(
     port: int, app: App, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
-) -> TlsClientLeg:
+) -> BioTlsLeg:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setblocking(False)
-    leg = TlsClientLeg(app, ctx, session)
+    leg = BioTlsLeg(app, ctx, session)
     await asyncio.get_running_loop().connect_accepted_socket(lambda: leg, sock=sock)
     return leg
 
@@ -215,3 +216,37 @@ def test_a_server_that_closes_during_the_handshake() -> None:
 def test_split_reply(buf: bytes, reply: bytes | None, rest: bytes | None) -> None:
     got = split_reply(buf)
     assert got == (None if reply is None else (reply, rest))
+
+
+def test_the_server_side_leg_takes_an_upload_to_the_last_byte(
+    server_context: ssl.SSLContext,
+) -> None:
+    """ftpalg as the TLS server (a PROT P data connection's client leg): a client that
+    sends, says close_notify and closes at once (as curl does) loses nothing, also while
+    the leg's reading is paused (back-pressure) as it closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def client() -> None:
+        ctx = client_context(ssl.TLSVersion.TLSv1_3)
+        tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        tls.sendall(DATA)
+        with contextlib.suppress(OSError):
+            tls.unwrap()
+        tls.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=client, daemon=True).start()
+        conn, _ = await loop.sock_accept(listener)
+        app = App()
+        leg = BioTlsLeg(app, server_context, server_side=True)
+        await loop.connect_accepted_socket(lambda: leg, sock=conn)
+        leg.pause_reading()  # everything waits in the kernel meanwhile
+        await asyncio.sleep(0.3)
+        leg.resume_reading()
+        assert await asyncio.wait_for(app.lost, 10) is None
+        assert app.made and app.eof and bytes(app.data) == DATA
+
+    asyncio.run(main())
+    listener.close()

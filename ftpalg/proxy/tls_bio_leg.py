@@ -1,22 +1,28 @@
-"""`tls_upstream`: ftpalg as the TLS *client* of a server that requires TLS, on connections
-whose TLS session must resume another's (vsftpd's `require_ssl_reuse`, its default).
+"""ftpalg's own TLS on a connection: a TLS data connection's legs (`tls = terminate`, PROT P;
+ftpalg the server towards the client) and, with `tls_upstream`, ftpalg as the TLS *client* of
+a server that requires TLS, on connections whose TLS session must resume another's (vsftpd's
+`require_ssl_reuse`, its default).
 
 How this works. asyncio's TLS transports cannot resume a given session (neither the stdlib
-loop nor uvloop takes a `session`), so this leg runs TLS itself over a plain transport: an
-`ssl.SSLObject` on two memory BIOs (`SSLContext.wrap_bio(..., session=...)`). `TlsClientLeg`
-is the plain transport's protocol, and the transport of the protocol above it (`app`: the
-relay's leg, or the control session's server half): ciphertext from the socket goes into the
-incoming BIO and the plaintext read from the SSLObject goes up; what the app writes goes
-through the SSLObject and the outgoing BIO to the socket. The app's `connection_made` comes
-once the handshake has finished (within `HANDSHAKE_TIMEOUT`); a handshake that fails or
-times out closes the socket and the app (if any) sees `connection_lost` with the reason.
-The server's `close_notify`, or a FIN without one, is the app's `eof_received`, after which
-the leg closes itself; the app's `close()` sends our `close_notify` and a FIN, then waits
-for the server's FIN before it closes (TLS has no half-close: `can_write_eof` is False and
-`write_eof` raises, as asyncio's TLS transports do). Back-pressure: the socket's
-pause/resume_writing go up to the app, the app's pause/resume_reading down to the socket.
-`set_app` hands the leg to another protocol (the control connection: from the negotiation
-to the session's half).
+loop nor uvloop takes a `session`), and uvloop's loses the end of an upload when its reading
+is paused (back-pressure) as the client closes (seen in the lab: an upload through
+`tls_upstream` arrived short, no error; never with the stdlib loop or with this leg). So
+this leg runs TLS itself over a plain transport: an `ssl.SSLObject` on two memory BIOs
+(`SSLContext.wrap_bio(..., server_side=..., session=...)`); pausing it pauses the socket, so
+unread bytes wait in the kernel, in order. `BioTlsLeg` is the plain transport's protocol,
+and the transport of the protocol above it (`app`: the relay's leg, or the control session's
+server half): ciphertext from the socket goes into the incoming BIO and the plaintext read
+from the SSLObject goes up; what the app writes goes through the SSLObject and the outgoing
+BIO to the socket. The app's `connection_made` comes once the handshake has finished (within
+`HANDSHAKE_TIMEOUT`); a handshake that fails or times out closes the socket and the app (if
+any) sees `connection_lost` with the reason. The server's `close_notify`, or a FIN without
+one, is the app's `eof_received`, after which the leg closes itself; the app's `close()`
+sends our `close_notify` and a FIN, then waits for the server's FIN before it closes (TLS
+has no half-close: `can_write_eof` is False and `write_eof` raises, as asyncio's TLS
+transports do). Back-pressure: the socket's pause/resume_writing go up to the app, the app's
+pause/resume_reading down to the socket.
+`set_app` hands the leg to another protocol (the control connection: from the negotiation to
+the session's half).
 """
 
 from __future__ import annotations
@@ -29,22 +35,27 @@ from typing import Any, cast
 from ftpalg.proxy.tls_context import HANDSHAKE_TIMEOUT
 
 READ_SIZE = 256 * 1024
-SHUTDOWN_TIMEOUT = 5.0  # seconds a closing leg waits for the server's FIN
+SHUTDOWN_TIMEOUT = 5.0  # seconds a closing leg waits for the peer's FIN
 
 
-class TlsClientLeg(asyncio.Protocol, asyncio.Transport):
+class BioTlsLeg(asyncio.Protocol, asyncio.Transport):
     def __init__(
         self,
         app: asyncio.Protocol | None,
         context: ssl.SSLContext,
         session: ssl.SSLSession | None = None,
         server_hostname: str | None = None,
+        server_side: bool = False,
     ) -> None:
         asyncio.Transport.__init__(self)
         self.app = app
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(
-            self.incoming, self.outgoing, server_hostname=server_hostname, session=session
+            self.incoming,
+            self.outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
         )
         self.raw: asyncio.Transport | None = None
         self.ready = False  # the handshake has finished
