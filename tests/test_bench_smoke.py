@@ -90,3 +90,20 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     for image in summary["outputs"]["images"]:
         assert Path(image).parent == img and Path(image).stat().st_size > 0
         assert f"img/{Path(image).name}" in text
+
+
+def test_tls_bench_runs_all_three_modes() -> None:
+    """bench/tls_bench.py (docs/ftps.md "What it costs"), tiny: the relay, the relay with
+    tls_upstream (TLS on both legs) and the direct TLS server each move every byte (the
+    bench asserts the count) and report MB/s and CPU s/GiB."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "bench.tls_bench", "--size-mib", "4", "--repeat", "1"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=root)
+    assert run.returncode == 0, run.stderr
+    rows = re.findall(r"^(\w+) +(\d+) MB/s +([\d.]+) CPU s/GiB +\(4 MiB\)$", run.stdout, re.M)
+    assert [r[0] for r in rows] == ["relay", "upstream", "direct"], run.stdout
+    assert all(int(mbs) > 0 and float(cpu) > 0 for _, mbs, cpu in rows), run.stdout

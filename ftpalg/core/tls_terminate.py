@@ -8,8 +8,9 @@ discarded unread (a command injected before the handshake must not count as prot
 CVE-2011-0411). `PBSZ` (only 0 makes sense on a stream) and `PROT` (`P`: data connections
 are TLS on the client's side, `C`: plain) are answered by ftpalg too; `PROT` is told to the
 adapter as `ProtectData`. `AUTH`, `PBSZ` and `PROT` never reach the server: it sees plain FTP.
-`FEAT` is forwarded and its reply gets ` AUTH TLS`, ` PBSZ` and ` PROT` (a server that does
-not know `FEAT` gets a `211` list with just those). With `require_tls`, `USER` and `PASS`
+`FEAT` is forwarded and its reply gets ` AUTH TLS`, ` PBSZ` and ` PROT` unless it lists them
+itself (a TLS server behind `tls_upstream`); a server that does not know `FEAT` gets a `211`
+list with just those. With `require_tls`, `USER` and `PASS`
 before `AUTH` are refused with `530`: no password crosses in clear.
 """
 
@@ -42,7 +43,7 @@ def _split(line: bytes) -> tuple[bytes, bytes]:
 
 
 class Terminate:
-    __slots__ = ("feat", "multi", "pbsz", "require", "secured")
+    __slots__ = ("feat", "listed", "multi", "pbsz", "require", "secured")
 
     def __init__(self, require: bool) -> None:
         self.require = require  # require_tls: no USER/PASS in clear
@@ -50,6 +51,7 @@ class Terminate:
         self.pbsz = False
         self.feat = 0  # FEAT replies still to come
         self.multi = False  # inside a multi-line FEAT reply
+        self.listed: set[bytes] = set()  # our features the server's FEAT reply lists itself
 
     def client_line(self, line: bytes, out: list[Action], client: Direction) -> bool:
         """True when ftpalg answered `line` itself (it is not forwarded)."""
@@ -98,11 +100,15 @@ class Terminate:
         if line.startswith(b"211-"):
             self.multi = True
         if line[3:4] not in (b" ", b"\r", b"\n") or not line[:3].isdigit():
+            if self.multi and (feature := b" " + line.strip().upper() + b"\r\n") in FEATURES:
+                self.listed.add(feature)  # a TLS server (tls_upstream) lists them itself
             return line  # not a final reply line
         self.feat -= 1
         multi, self.multi = self.multi, False
+        missing = b"".join(f for f in FEATURES if f not in self.listed)
+        self.listed.clear()
         if multi and line.startswith(b"211"):
-            return b"".join(FEATURES) + line  # before the multi-line reply's last line
+            return missing + line  # before the multi-line reply's last line
         if line[:1] in (b"2", b"5"):  # a one-line 211, or FEAT unknown to the server
             return b"211-Features:\r\n" + b"".join(FEATURES) + b"211 End\r\n"
         return line

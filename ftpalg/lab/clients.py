@@ -10,7 +10,9 @@ hard time limit; a hung transfer becomes `ok=False`, never a hung test.
 
 Modes: curl `epsv` (default), `pasv` (--disable-epsv), `eprt` (-P -), `port` (-P -
 --disable-eprt); lftp, ftplib and wget (downloads only) `passive=True|False`. On IPv6 curl
-and ftplib always use EPSV/EPRT (PASV/PORT cannot carry an IPv6 address).
+and ftplib always use EPSV/EPRT (PASV/PORT cannot carry an IPv6 address). FTPS modes
+(`FTPS_MODES`): curl `--ssl-reqd -k` and lftp `ftp:ssl-force` (PROT P, certificate not
+verified), passive.
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ def lftp_transfer(
     upload: bool = False,
     passive: bool = True,
     timeout: float = 30.0,
+    tls: bool = False,
 ) -> TransferResult:
-    """lftp `get`/`put` with ftp:passive-mode on|off; no retries, 10 s network timeout."""
+    """lftp `get`/`put` with ftp:passive-mode on|off; no retries, 10 s network timeout.
+    `tls`: explicit FTPS required (ftp:ssl-force, PROT P, certificate not verified)."""
     login = ""
     if target.user:
         login = "-u " + _lftp_quote(f"{target.user},{target.password or ''}") + " "
@@ -142,7 +146,7 @@ def lftp_transfer(
             "set net:max-retries 1",
             "set net:timeout 10",
             "set net:reconnect-interval-base 1",
-            "set ftp:ssl-allow no",
+            *(TLS_LFTP if tls else ["set ftp:ssl-allow no"]),
             f"set ftp:passive-mode {'on' if passive else 'off'}",
             "set xfer:clobber on",
             f"open {login}{_lftp_quote(target.url(''))}",
@@ -153,6 +157,13 @@ def lftp_transfer(
     rc, _out, err, secs = _run(lab, ["lftp", "-f", "/dev/stdin"], timeout + 10, script + "\n")
     what = f"lftp {'passive' if passive else 'active'}"
     return _result(rc, err, secs, local, what, download=not upload)
+
+
+TLS_LFTP = [
+    "set ftp:ssl-force true",
+    "set ftp:ssl-protect-data true",
+    "set ssl:verify-certificate no",
+]
 
 
 def ftplib_transfer(
@@ -224,6 +235,12 @@ CLIENT_MODES: dict[str, tuple[str, bool, CurlMode]] = {
     "ftplib-pasv": ("ftplib", True, "pasv"),
     "ftplib-port": ("ftplib", False, "port"),
 }
+# Explicit FTPS (AUTH TLS, PBSZ 0, PROT P), passive: curl --ssl-reqd, lftp ftp:ssl-force
+FTPS_MODES: dict[str, tuple[str, bool, CurlMode]] = {
+    "curl-ftps": ("curl", True, "epsv"),
+    "lftp-ftps": ("lftp", True, "epsv"),
+}
+TLS_CURL = ("--ssl-reqd", "-k")
 
 
 def run_transfer(
@@ -235,10 +252,13 @@ def run_transfer(
     upload: bool = False,
     timeout: float = 30.0,
 ) -> TransferResult:
-    """One transfer with a client mode from CLIENT_MODES (download unless `upload`)."""
-    program, passive, curl_mode = CLIENT_MODES[mode]
+    """One transfer with a client mode from CLIENT_MODES or FTPS_MODES (download unless
+    `upload`)."""
+    tls = mode in FTPS_MODES
+    program, passive, curl_mode = FTPS_MODES[mode] if tls else CLIENT_MODES[mode]
     if program == "curl":
-        return curl_transfer(lab, target, remote, local, upload, curl_mode, timeout)
+        extra = TLS_CURL if tls else ()
+        return curl_transfer(lab, target, remote, local, upload, curl_mode, timeout, extra)
     if program == "lftp":
-        return lftp_transfer(lab, target, remote, local, upload, passive, timeout)
+        return lftp_transfer(lab, target, remote, local, upload, passive, timeout, tls)
     return ftplib_transfer(lab, target, remote, local, upload, passive, timeout)

@@ -30,11 +30,11 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn, TextIO
 
 from ftpalg.kernel.errors import KernelSetupError
-from ftpalg.lab import matrix
+from ftpalg.lab import ftps_rows, matrix
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.capture import start_capture
 from ftpalg.lab.gateway import apply_closed_gateway, apply_kernel_nat
@@ -43,7 +43,7 @@ from ftpalg.lab.nat64_matrix import run_nat64
 from ftpalg.lab.netns import Lab, LabError, lab_unavailable_reason, missing_tools
 from ftpalg.lab.server_base import FtpServer
 from ftpalg.lab.servers import SERVERS, start_server
-from ftpalg.lab.table import Case, Outcome, all_ok, render
+from ftpalg.lab.table import Case, Outcome, all_ok, render, render_ftps
 from ftpalg.ops.config import DATA_POLICIES
 
 DEFAULT_SIZE = 8 << 20
@@ -124,6 +124,12 @@ def build_lab_parser() -> argparse.ArgumentParser:
         "through ftpalg --nat64-prefix; curl, lftp, ftplib and wget, sha256 checked",
     )
     add("--quick", action="store_true", help="curl modes only (a smaller matrix)")
+    add(
+        "--ftps",
+        action="store_true",
+        help="also explicit FTPS rows: tls passthrough (transparent, vsftpd requiring TLS) "
+        "and tls terminate (reverse mode, ftpalg the TLS server in front of the plain server)",
+    )
     add(
         "--keep",
         action="store_true",
@@ -213,6 +219,7 @@ def lab_main(argv: list[str]) -> int:
         return EXIT_FAIL
     tools = ["curl"] if args.quick else ["curl", "lftp"]
     tools += ["wget"] if args.nat64 and not args.quick else []
+    tools += ["openssl"] if args.ftps else []
     problem = lab_unavailable_reason() or (
         "missing tools: " + ", ".join(missing_tools(*tools)) if missing_tools(*tools) else None
     )
@@ -220,10 +227,13 @@ def lab_main(argv: list[str]) -> int:
         print(f"ftpalg lab: {problem}", file=sys.stderr)
         return EXIT_FAIL
     all_cases = matrix.cases(args.quick)
-    progress = Progress(sys.stderr, len(all_cases) * (2 if args.kernel else 1))
+    ftps_cases = ftps_rows.cases(args.quick) if args.ftps else []
+    ftps_kernel = sum(c.tls == "passthrough" for c in ftps_cases) if args.kernel else 0
+    total = len(all_cases) * (2 if args.kernel else 1) + len(ftps_cases) + ftps_kernel
+    progress = Progress(sys.stderr, total)
     try:
         with _signals(raising=True):
-            return run_lab(args, all_cases, progress, sys.stdout)
+            return run_lab(args, all_cases + ftps_cases, progress, sys.stdout)
     except KeyboardInterrupt:
         print("ftpalg lab: interrupted; the lab has been torn down", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -252,9 +262,11 @@ def run_lab(
 
 
 def _run(
-    lab: Lab, args: argparse.Namespace, all_cases: list[Case], progress: Progress, out: TextIO
+    lab: Lab, args: argparse.Namespace, every_case: list[Case], progress: Progress, out: TextIO
 ) -> int:
     a = lab.addresses
+    all_cases = [c for c in every_case if not c.tls]
+    ftps_cases = [c for c in every_case if c.tls]
     lab.sysctl("cli", "net.ipv4.ip_local_port_range", "20000 29999")  # apart from the gateway's
     if args.nat64:
         outcomes, nat_alg = run_nat64(lab, args.size, args.quick, progress.step, progress.note, out)
@@ -271,18 +283,38 @@ def _run(
         servers[version] = start_server(lab, args.server, address)
     progress.step(f"writing a {human_size(args.size)} test file into the servers' roots")
     digests = matrix.prepare_files(servers, args.size)
+    site = None
+    if ftps_cases:
+        tls_v4, tls_v6 = a.servers_v4[1], a.servers_v6[1]
+        progress.step(f"starting vsftpd requiring TLS on {tls_v4} and {tls_v6} port 21")
+        site = ftps_rows.start_tls_servers(lab, servers[4], digests[4], args.size)
     results: dict[str, list[Outcome]] = {}
+    ftps_results: dict[str, list[Outcome | None]] = {}
     alg: AlgProcess | None = None
 
-    def run(path: str, commands: matrix.Commands) -> list[Outcome]:
-        def report(_: int, case: Case, outcome: Outcome) -> None:
+    def report_to(path: str) -> Callable[[Case, Outcome], None]:
+        def report(case: Case, outcome: Outcome) -> None:
             progress.transfer(path, case, outcome)
             if not outcome.ok:
-                for line in failure_context(servers[case.version], alg):
+                server = servers[case.version]
+                if site and case.tls == "passthrough":
+                    server = site.tls_servers[case.version]
+                for line in failure_context(server, alg):
                     progress.note("    " + line)
 
+        return report
+
+    def run(path: str, commands: matrix.Commands) -> list[Outcome]:
+        report = report_to(path)
         return matrix.run_matrix(
-            lab, path, servers, digests, args.size, all_cases, commands, report
+            lab,
+            path,
+            servers,
+            digests,
+            args.size,
+            all_cases,
+            commands,
+            lambda _, c, o: report(c, o),
         )
 
     if args.kernel:
@@ -297,6 +329,11 @@ def _run(
         else:
             progress.step("tcpdump not installed: the kernel's rewrites are shown as '-'")
         results["kernel"] = run(path="kernel", commands=commands)
+        if site:
+            progress.step("gateway: kernel path, FTPS (ct helper ftp + masquerade, outbound open)")
+            ftps_results["kernel"] = ftps_rows.run_kernel(
+                lab, site, ftps_cases, report_to("kernel")
+            )
     policy = "" if args.data_policy == "client" else f", data_policy {args.data_policy}"
     progress.step(
         f"gateway: forward path closed; starting ftpalg (transparent, 0.0.0.0:21, [::]:21{policy})"
@@ -304,9 +341,18 @@ def _run(
     apply_closed_gateway(lab)
     listen = ["--listen", "0.0.0.0:21", "--listen", "[::]:21"]
     alg = start_ftpalg(lab, [*listen, "--data-policy", args.data_policy])
-    lab.on_close(lambda: shutil.rmtree(alg.log.parent, ignore_errors=True))
+    _remove_log_with(lab, alg)
     results = {"ftpalg": run("ftpalg", matrix.AlgCommands(alg))} | results
+    if site:
+        alg.stop()
+        ftps_out, alg = ftps_rows.run_ftpalg(
+            lab, site, ftps_cases, progress.step, report_to("ftpalg")
+        )
+        _remove_log_with(lab, alg)
+        ftps_results = {"ftpalg": ftps_out} | ftps_results
     out.write(render(all_cases, results))
+    if site:
+        out.write("\n" + render_ftps(ftps_cases, ftps_results))
     out.flush()
     if args.keep:
         out.write(keep_text(lab, servers, str(alg.log)))
@@ -314,7 +360,12 @@ def _run(
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 signal.pause()
-    return 0 if all_ok(results) else EXIT_FAIL
+    return 0 if all_ok(results) and all_ok(ftps_results) else EXIT_FAIL
+
+
+def _remove_log_with(lab: Lab, alg: AlgProcess) -> None:
+    log_dir = alg.log.parent
+    lab.on_close(lambda: shutil.rmtree(log_dir, ignore_errors=True))
 
 
 def failure_context(server: FtpServer, alg: AlgProcess | None, lines: int = 4) -> list[str]:

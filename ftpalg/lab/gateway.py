@@ -10,6 +10,8 @@ another rule set replaces the previous one. The forward chain has policy drop in
   new control connections inside->outside to tcp/21 and `ct state established,related`, so a
   data connection passes only as an expectation of the helper. `helper=False` leaves the
   helper out: then only the control connection passes and active mode must fail.
+  `outbound=True` forwards every new connection from the inside (a home router): what
+  passive FTPS needs there, since the helper cannot read an encrypted `227`.
 - `closed_gateway_ruleset`: nothing is forwarded at all. The base for ftpalg's transparent
   mode, which installs its own tproxy table next to this one.
 - `routing_ruleset`: plain routing, forward policy accept, no NAT and no `ct` expression (so
@@ -32,9 +34,11 @@ def _replace_table(body: str) -> str:
     return f"add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{body}}}\n"
 
 
-def kernel_nat_ruleset(lab: Lab, helper: bool = True) -> str:
-    """The kernel FTP helper + masquerade; forward drops everything the helper did not expect."""
+def kernel_nat_ruleset(lab: Lab, helper: bool = True, outbound: bool = False) -> str:
+    """The kernel FTP helper + masquerade; forward drops everything the helper did not expect
+    (`outbound`: every new connection inside -> outside is forwarded, as on a home router)."""
     inside, outside = lab.ifnames.gw_inside, lab.ifnames.gw_outside
+    new = "" if outbound else " tcp dport 21"
     helper_obj = (
         f"    ct helper {HELPER} {{\n"
         f'        type "ftp" protocol tcp\n'
@@ -51,7 +55,7 @@ def kernel_nat_ruleset(lab: Lab, helper: bool = True) -> str:
         + "    chain forward {\n"
         + "        type filter hook forward priority filter; policy drop;\n"
         + "        ct state established,related accept\n"
-        + f'        iifname "{inside}" oifname "{outside}" tcp dport 21 ct state new accept\n'
+        + f'        iifname "{inside}" oifname "{outside}"{new} ct state new accept\n'
         + "    }\n"
         + "    chain postrouting {\n"
         + "        type nat hook postrouting priority srcnat; policy accept;\n"
@@ -101,8 +105,8 @@ def redirect_ruleset(lab: Lab, port: int) -> str:
     return _replace_table(body)
 
 
-def apply_kernel_nat(lab: Lab, helper: bool = True) -> None:
-    lab.nft("gw", kernel_nat_ruleset(lab, helper=helper))
+def apply_kernel_nat(lab: Lab, helper: bool = True, outbound: bool = False) -> None:
+    lab.nft("gw", kernel_nat_ruleset(lab, helper=helper, outbound=outbound))
 
 
 def apply_closed_gateway(lab: Lab, pinholes: bool = False) -> None:

@@ -15,13 +15,14 @@ since the last transfer" is the transfer's own commands.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ftpalg.lab.alg import AlgProcess
 from ftpalg.lab.capture import Capture
-from ftpalg.lab.clients import CLIENT_MODES, run_transfer
+from ftpalg.lab.clients import CLIENT_MODES, FtpTarget, TransferResult, run_transfer
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.server_base import FtpServer, make_file, sha256_file
 from ftpalg.lab.table import Case, Outcome, reason_line
@@ -114,40 +115,72 @@ def run_matrix(
     report: Callable[[int, Case, Outcome], None],
 ) -> list[Outcome]:
     """Run every case through whatever the gateway does now; `report` sees each outcome."""
-    work = Path(tempfile.mkdtemp(prefix=f"{lab.id}-client-"))
-    work.chmod(0o755)
-    upload_digest = make_file(work, UPLOAD_NAME, size)
     timeout = transfer_timeout(size)
     outcomes: list[Outcome] = []
-    try:
+    with client_workdir(lab, size) as (work, upload_digest):
         for i, case in enumerate(all_cases):
             srv = servers[case.version]
-            target = srv.target
-            if case.upload:
-                name = f"{path}-{case.mode}-v{case.version}.bin"
-                remote, local = srv.upload_path(name), work / UPLOAD_NAME
-                result = run_transfer(lab, case.mode, target, remote, local, True, timeout)
-                expected, arrived = upload_digest, srv.uploaded(name)
-                got = sha256_file(arrived) if result.ok and arrived.exists() else None
-                arrived.unlink(missing_ok=True)
-            else:
-                local = work / "download.bin"
-                result = run_transfer(lab, case.mode, target, FILE_NAME, local, False, timeout)
-                expected, got = digests[case.version], result.sha256
-                local.unlink(missing_ok=True)
+            ok, reason, result = run_case(
+                lab,
+                path,
+                case,
+                srv,
+                srv.target,
+                digests[case.version],
+                work,
+                upload_digest,
+                timeout,
+            )
             client_cmd, server_cmd = commands.take()
-            ok, reason = result.ok, ""
-            if not ok:
-                reason = reason_line(result.detail)
-            elif got != expected:
-                ok, reason = False, f"sha256 mismatch: {got or 'no file'} != {expected}"
             outcome = Outcome(
                 ok, result.nbytes if ok else 0, result.seconds, reason, client_cmd, server_cmd
             )
             outcomes.append(outcome)
             report(i, case, outcome)
+    return outcomes
+
+
+@contextlib.contextmanager
+def client_workdir(lab: Lab, size: int) -> Iterator[tuple[Path, str]]:
+    """A directory for the client's files with the upload source in it, and its sha256."""
+    work = Path(tempfile.mkdtemp(prefix=f"{lab.id}-client-"))
+    work.chmod(0o755)
+    try:
+        yield work, make_file(work, UPLOAD_NAME, size)
     finally:
         for leftover in work.iterdir():
             leftover.unlink(missing_ok=True)
         work.rmdir()
-    return outcomes
+
+
+def run_case(
+    lab: Lab,
+    path: str,
+    case: Case,
+    srv: FtpServer,
+    target: FtpTarget,
+    digest: str,
+    work: Path,
+    upload_digest: str,
+    timeout: float,
+) -> tuple[bool, str, TransferResult]:
+    """One transfer on `path` to `target` (the server, or ftpalg in front of it) judged by
+    sha256: a download against `digest` (the file in `srv`'s root), an upload against the
+    file that arrived at `srv`. (ok, why not, the client's result)."""
+    if case.upload:
+        name = f"{path}-{case.mode}-v{case.version}.bin"
+        remote, local = srv.upload_path(name), work / UPLOAD_NAME
+        result = run_transfer(lab, case.mode, target, remote, local, True, timeout)
+        expected, arrived = upload_digest, srv.uploaded(name)
+        got = sha256_file(arrived) if result.ok and arrived.exists() else None
+        arrived.unlink(missing_ok=True)
+    else:
+        local = work / "download.bin"
+        result = run_transfer(lab, case.mode, target, FILE_NAME, local, False, timeout)
+        expected, got = digest, result.sha256
+        local.unlink(missing_ok=True)
+    if not result.ok:
+        return False, reason_line(result.detail), result
+    if got != expected:
+        return False, f"sha256 mismatch: {got or 'no file'} != {expected}", result
+    return True, "", result

@@ -36,6 +36,7 @@ class Case:
     mode: str  # a key of clients.CLIENT_MODES
     version: int  # 4 or 6
     upload: bool = False
+    tls: str = ""  # FTPS rows: the tls policy ftpalg ran with ("passthrough", "terminate")
 
     @property
     def direction(self) -> str:
@@ -43,7 +44,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.mode} v{self.version} {self.direction}"
+        tls = f" {self.tls}" if self.tls else ""
+        return f"{self.mode}{tls} v{self.version} {self.direction}"
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,7 @@ def render(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome]]) -> s
         row = [case.mode, f"v{case.version}", case.direction]
         row += [shorten(own.client_cmd), shorten(own.server_cmd)]
         for path in paths:
-            out = results[path][i]
-            if out.ok:
-                row.append("ok")
-            else:
-                notes.append(f"[{len(notes) + 1}] {path}, {case.label}: {out.reason}")
-                row.append(f"FAIL [{len(notes)}]")
-            row.append(f"{out.mbps:.1f}" if out.mbps is not None else "-")
+            row += result_cells(path, case, results[path][i], notes)
         rows.append(row)
     right = {6 + 2 * k for k in range(len(paths))}
     text = grid(headers, rows, right)
@@ -144,13 +140,59 @@ def render(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome]]) -> s
     return "\n".join(text) + "\n"
 
 
-def summary(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome]]) -> str:
+def result_cells(path: str, case: Case, out: Outcome | None, notes: list[str]) -> list[str]:
+    """The result and MB/s cells of one path; a failure's reason goes into `notes`."""
+    if out is None:  # not run on this path
+        return ["-", "-"]
+    if out.ok:
+        cell = "ok"
+    else:
+        notes.append(f"[{len(notes) + 1}] {path}, {case.label}: {out.reason}")
+        cell = f"FAIL [{len(notes)}]"
+    return [cell, f"{out.mbps:.1f}" if out.mbps is not None else "-"]
+
+
+FTPS_LEGEND = (
+    "tls: ftpalg's policy. passthrough: transparent mode in front of a vsftpd that requires\n"
+    "TLS, the session relayed unread after the server's 234, its passive data let through a\n"
+    "window (kernel data plane, closed gateway); terminate: reverse mode, ftpalg is the TLS\n"
+    "server in front of the plain server (PROT P data); terminate+upstream: the same in front\n"
+    "of the vsftpd requiring TLS, ftpalg its TLS client. kernel: the ftp conntrack helper +\n"
+    "masquerade with outbound forwarding open (the helper cannot read an encrypted 227: behind\n"
+    "the plain rows' forward policy its data would be dropped); '-': not applicable."
+)
+
+
+def render_ftps(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome | None]]) -> str:
+    """The FTPS table: one row per case with its tls policy and what ftpalg saw."""
+    paths = list(results)
+    notes: list[str] = []
+    headers = ["tls", "mode", "ip", "dir", "ftpalg saw"]
+    for path in paths:
+        headers += [PATH_TITLES.get(path, path), "MB/s"]
+    rows = []
+    for i, case in enumerate(cases):
+        own = results[paths[0]][i]
+        row = [case.tls, case.mode, f"v{case.version}", case.direction]
+        row.append((own.client_cmd if own else None) or "-")
+        for path in paths:
+            row += result_cells(path, case, results[path][i], notes)
+        rows.append(row)
+    right = {6 + 2 * k for k in range(len(paths))}
+    text = ["FTPS:", *grid(headers, rows, right), "", FTPS_LEGEND]
+    if notes:
+        text += ["", *notes]
+    text += ["", "FTPS " + summary(cases, results)]
+    return "\n".join(text) + "\n"
+
+
+def summary(cases: Sequence[Case], results: Mapping[str, Sequence[Outcome | None]]) -> str:
     parts = []
     for path, outs in results.items():
-        good = sum(o.ok for o in outs)
-        parts.append(f"{path}: {good}/{len(cases)} ok")
+        ran = [o for o in outs if o is not None]
+        parts.append(f"{path}: {sum(o.ok for o in ran)}/{len(ran)} ok")
     return "; ".join(parts)
 
 
-def all_ok(results: Mapping[str, Sequence[Outcome]]) -> bool:
-    return all(o.ok for outs in results.values() for o in outs)
+def all_ok(results: Mapping[str, Sequence[Outcome | None]]) -> bool:
+    return all(o.ok for outs in results.values() for o in outs if o is not None)

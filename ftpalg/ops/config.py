@@ -23,12 +23,15 @@ from typing import Any, Literal, NoReturn
 from ftpalg import __version__
 from ftpalg.core.rfc6052 import check_prefix, parse_prefix
 from ftpalg.ops.values import (
+    DEFAULT_TLS_CIPHERS,
     Endpoint,
     HostPort,
     check_announce,
     check_ifname,
     check_path,
     check_port_range,
+    check_tls_ciphers,
+    check_tls_version,
     check_user,
     choice,
     int_range,
@@ -41,6 +44,7 @@ from ftpalg.ops.values import (
     str_then,
     strings,
     toml_port_range,
+    toml_tls_version,
     typed,
     unique,
 )
@@ -101,6 +105,9 @@ class Config:
     tls_cert: str | None = None  # terminate: the certificate chain (PEM)
     tls_key: str | None = None  # terminate: its private key (PEM)
     require_tls: bool = False  # terminate: USER/PASS before AUTH TLS get 530
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS  # terminate: OpenSSL cipher string for TLS 1.2
+    tls_min_version: str = "1.2"  # terminate: "1.2" or "1.3"
+    tls_upstream: bool = False  # terminate: explicit FTPS to the server too (tls_upstream.py)
     listen_implicit: tuple[Endpoint, ...] = ()  # terminate: implicit FTPS (TLS at once)
     data_policy: DataPolicy = "client"  # data-mode conversion (docs/conversion.md)
     nat64_prefix: IPv6Network | None = None  # transparent NAT64 (docs/nat64.md); None: off
@@ -145,6 +152,9 @@ class Config:
         if self.listen_implicit and self.tls != "terminate":
             msg = "needs tls = terminate (ftpalg is the TLS server there)"
             raise ConfigError(f"listen_implicit: {msg}", key="listen_implicit")
+        if self.tls_upstream and self.tls != "terminate":
+            msg = "needs tls = terminate (ftpalg speaks TLS to both sides)"
+            raise ConfigError(f"tls_upstream: {msg}", key="tls_upstream")
         if self.tls == "terminate" and self.upstream is None:
             raise ConfigError("tls: terminate needs reverse mode (upstream)", key="tls")
         if self.nat64_prefix is not None and self.upstream is not None:
@@ -188,6 +198,9 @@ _SPECS: dict[str, _Spec] = {
     "tls_cert": _Spec(str_then(check_path), optional(check_path)),
     "tls_key": _Spec(str_then(check_path), optional(check_path)),
     "require_tls": _BOOL,
+    "tls_ciphers": _Spec(str_then(check_tls_ciphers), check_tls_ciphers),
+    "tls_min_version": _Spec(toml_tls_version, check_tls_version),
+    "tls_upstream": _BOOL,
     "listen_implicit": _Spec(strings(parse_endpoint), unique),
     "log_format": _Spec(str_then(choice(LOG_FORMATS)), choice(LOG_FORMATS)),
     "log_level": _Spec(str_then(choice(LOG_LEVELS)), choice(LOG_LEVELS)),
@@ -321,6 +334,12 @@ _SWITCHES = {  # flag: (dest, value, help)
         True,
         "tls terminate: refuse USER and PASS before AUTH TLS with 530 (no password in clear)",
     ),
+    "--tls-upstream": (
+        "tls_upstream",
+        True,
+        "tls terminate: speak explicit FTPS (AUTH TLS, PBSZ 0, PROT P) to the server too, its "
+        "data connections resuming the control connection's TLS session",
+    ),
     "--no-kernel-setup": (
         "kernel_setup",
         False,
@@ -435,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=_arg(check_path),
         help="tls terminate: private key, PEM (re-read on SIGHUP)",
+    )
+    add(
+        "--tls-ciphers",
+        dest="tls_ciphers",
+        metavar="STRING",
+        type=_arg(check_tls_ciphers),
+        help="tls terminate: OpenSSL cipher string for TLS 1.2 (default: ECDHE/DHE with "
+        "AES-GCM or ChaCha20-Poly1305); TLS 1.3 keeps OpenSSL's suites",
+    )
+    add(
+        "--tls-min-version",
+        dest="tls_min_version",
+        metavar="1.2|1.3",
+        type=_arg(check_tls_version),
+        help="tls terminate: lowest TLS version offered to clients, 1.2 (default) or 1.3",
     )
     add("--log-format", choices=LOG_FORMATS, help="json for machines (default), console for people")
     add("--log-level", choices=LOG_LEVELS, help="lowest level logged (default info)")

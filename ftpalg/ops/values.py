@@ -7,8 +7,10 @@ name; ``ftpalg.ops.config`` adds the option name and source. IPv6 literals need 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -196,6 +198,40 @@ def check_user(name: str) -> str:
     if not _USER_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not a user name")
     return name
+
+
+TLS_VERSIONS = ("1.2", "1.3")
+TLS_NEVER = ":!aNULL:!eNULL"  # appended to every tls_ciphers: never unauthenticated or plain
+# the default tls_ciphers: forward-secret AEAD suites only
+DEFAULT_TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!MD5:!DSS"
+
+
+@functools.lru_cache(maxsize=16)  # a Config checks it whenever one is made
+def check_tls_ciphers(text: str) -> str:
+    """An OpenSSL cipher string that selects at least one TLS 1.2 suite (checked by OpenSSL
+    itself; TLS 1.3 suites are not set by it)."""
+    if not text.isprintable() or not text.strip():
+        raise ValueError(f"{text!r} is not an OpenSSL cipher string")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text + TLS_NEVER)
+    except ssl.SSLError:
+        msg = "OpenSSL selects no TLS 1.2 cipher suite from it (e.g. 'ECDHE+AESGCM')"
+        raise ValueError(f"{text!r}: {msg}") from None
+    return text
+
+
+def check_tls_version(value: str) -> str:
+    if value not in TLS_VERSIONS:
+        msg = "is not 1.2 or 1.3 (older TLS versions are never offered)"
+        raise ValueError(f"{value!r} {msg}")
+    return value
+
+
+def toml_tls_version(value: Any) -> str:
+    """`"1.3"`, or the TOML number 1.3 written without quotes."""
+    if isinstance(value, float):
+        return check_tls_version(repr(value))
+    return check_tls_version(typed("a string", str)(value))
 
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:

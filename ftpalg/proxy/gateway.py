@@ -53,6 +53,12 @@ from ftpalg.proxy.sockets import (
 )
 from ftpalg.proxy.tls_plane import TlsRelayPlane
 from ftpalg.proxy.tls_upgrade import implicit_tls
+from ftpalg.proxy.tls_upstream import (
+    SecuredUpstream,
+    UpstreamTlsError,
+    secure_upstream,
+    upstream_attached,
+)
 
 _ADDRESS_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 NAT64_RELAY = "an IPv6 client with an IPv4 server: the kernel data plane cannot join families"
@@ -283,7 +289,21 @@ class Gateway:
             reply = P.upstream_failed(exc.strerror or str(exc))
             refuse(conn, reply, Refusal.UPSTREAM, None, observe)
             return
-        await self._start_session(conn, up_sock, faces, observe, started)
+        secured = None
+        if self.config.tls_upstream:  # FTPS to the server first (tls_upstream.py)
+            try:
+                secured = await secure_upstream(
+                    self.loop,
+                    up_sock,
+                    tls_context.upstream_context(self.config),
+                    self.config.upstream.host if self.config.upstream else None,
+                    self.config.connect_timeout,
+                )
+            except UpstreamTlsError as exc:
+                observe(UpstreamConnectFailed(upstream, str(exc)))
+                refuse(conn, P.upstream_failed(str(exc)), Refusal.UPSTREAM, None, observe)
+                return
+        await self._start_session(conn, up_sock, faces, observe, started, secured)
         return None
 
     async def _start_session(
@@ -293,6 +313,7 @@ class Gateway:
         faces: Faces,
         observe: Observer,
         started: float,
+        secured: SecuredUpstream | None = None,
     ) -> None:
         """Both connections stand: wire them to a new ControlSession. The client half is
         attached first and paused, so the server's banner finds it; reading resumes last."""
@@ -305,13 +326,18 @@ class Gateway:
         try:
             await self.loop.connect_accepted_socket(lambda: half, sock=conn, **tls)
         except OSError as exc:
+            if secured is not None:
+                secured.leg.abort()  # its transport owns up_sock
             up_sock.close()
             return self._client_gone(conn, faces.client, "session", exc)
         control.attach(Side.CLIENT, half)
         try:
-            await self.loop.create_connection(
-                lambda: HalfProtocol(control, Side.SERVER), sock=up_sock
-            )
+            if secured is None:
+                await self.loop.create_connection(
+                    lambda: HalfProtocol(control, Side.SERVER), sock=up_sock
+                )
+            elif not upstream_attached(control, secured, HalfProtocol(control, Side.SERVER)):
+                raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
         except OSError as exc:  # the upstream socket broke between connect and now
             up_sock.close()
             reply = P.upstream_failed(exc.strerror or str(exc))

@@ -4,7 +4,10 @@ How this works. As `RelayPlane` (relay_plane.py) — a listener per expectation,
 but when the client last said `PROT P` (the core's `ProtectData`), the joined connection
 runs through `tls_relay.py`: ftpalg is the TLS server on the client's leg (the accepted one in
 passive mode, the dialed one in active mode: FTPS keeps the TLS roles of the control
-connection) and plain to the server. With `PROT C` the splice relay carries it as usual.
+connection) and plain to the server. With `PROT C` the splice relay carries it as usual —
+unless `tls_upstream`: then every data connection's server leg is TLS, ftpalg the client,
+resuming the TLS session of the control connection to the server (`upstream`, set by the
+gateway), and the client's leg follows its PROT.
 The session's TLS context lives here too: the control connection's upgrade
 (`tls_upgrade.py`) and every data connection share it, so a client can resume the control
 connection's TLS session on its data connections.
@@ -21,6 +24,7 @@ from ftpalg.core.wire import Address
 from ftpalg.ops.observer import Observer
 from ftpalg.proxy.relay_plane import PlaneHost, RelayPlane
 from ftpalg.proxy.sockets import endpoint
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 from ftpalg.proxy.tls_relay import tls_relay
 
 
@@ -37,12 +41,14 @@ class TlsRelayPlane(RelayPlane):
         self.tls_context = context
         self.client = client  # the client's address: which leg of a data connection is TLS
         self.private = False  # PROT P
+        # tls_upstream: the server's legs are TLS too, resuming this leg's session
+        self.upstream: tuple[ssl.SSLContext, BioTlsLeg] | None = None
 
     def protect(self, private: bool) -> None:
         self.private = private
 
     def connect(self, action: ConnectData) -> None:
-        if not self.private:
+        if not self.private and self.upstream is None:
             super().connect(action)
             return
         accepted = self._accepted.pop(action.conn, None)
@@ -61,7 +67,11 @@ class TlsRelayPlane(RelayPlane):
         else:
             self.feed(DataConnected(action.conn))
             client, server = (accepted, dialed) if passive else (dialed, accepted)
-            result = await tls_relay(self.loop, client, server, self.tls_context)
+            context = self.tls_context if self.private else None
+            upstream = None
+            if self.upstream is not None:
+                upstream = (self.upstream[0], self.upstream[1].session())
+            result = await tls_relay(self.loop, client, server, context, upstream)
             up, down = result.client_to_server, result.server_to_client
             a_to_d, d_to_a = (up, down) if passive else (down, up)
             error = result.error

@@ -1,9 +1,12 @@
 """`tls = terminate`, PROT P: one data connection relayed between a TLS client and a plain
-server (the splice relay, relay.py, cannot decrypt).
+server (the splice relay, relay.py, cannot decrypt); with `tls_upstream` the server's leg is
+TLS too (ftpalg the TLS client, resuming the control connection's session:
+tls_bio_leg.py), and the client's leg may then be plain (PROT C).
 
-How this works. The client's socket is handed to the loop as a server-side TLS transport
-(`connect_accepted_socket(ssl=...)`, on uvloop too; its handshake must finish within
-`HANDSHAKE_TIMEOUT`), the server's as a plain one; two small protocols pass what one receives
+How this works. The client's socket gets ftpalg's own server-side TLS (`BioTlsLeg`, memory
+BIOs over a plain transport: uvloop's TLS transport can lose an upload's end, see there;
+its handshake must finish within `HANDSHAKE_TIMEOUT`), the server's is plain (or
+`BioTlsLeg` as the client, `tls_upstream`); two small protocols pass what one receives
 to the other's transport, and back-pressure pauses the reading side while the writing side's
 buffer is full. Bytes that arrive before the other transport stands are kept and written
 first by its `connection_made`, so nothing that arrives later can overtake them. The
@@ -21,9 +24,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from ftpalg.proxy.tls_context import HANDSHAKE_TIMEOUT
-
-SHUTDOWN_TIMEOUT = 5.0  # seconds a TLS close waits for the client's close_notify
+from ftpalg.proxy.tls_bio_leg import BioTlsLeg
 
 
 @dataclass(slots=True)
@@ -45,11 +46,16 @@ class _Leg(asyncio.Protocol):
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's: not subclasses
+        self.transport = t = transport  # type: ignore[assignment]  # uvloop's: not subclasses
         peer = self.peer
         if peer is not None and peer.early:  # first what the peer received before this
-            transport.write(b"".join(peer.early))  # type: ignore[attr-defined]
+            t.write(b"".join(peer.early))  # type: ignore[attr-defined]
             peer.early.clear()  # transport stood: later bytes go straight through
+        if peer is not None and (peer.eof or peer.gone):  # the peer's upload ended meanwhile
+            if t.can_write_eof():  # type: ignore[attr-defined]
+                t.write_eof()  # type: ignore[attr-defined]
+            else:
+                t.close()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -103,34 +109,38 @@ async def tls_relay(
     loop: asyncio.AbstractEventLoop,
     client: socket.socket,
     server: socket.socket,
-    context: ssl.SSLContext,
+    context: ssl.SSLContext | None,
+    upstream: tuple[ssl.SSLContext, ssl.SSLSession | None] | None = None,
 ) -> TlsRelayResult:
-    """Relay until both ends are closed; a failed handshake closes both and says why."""
+    """Relay until both ends are closed; a failed handshake closes both and says why.
+    `context`: the client's leg is TLS with ftpalg as the server (None: plain, PROT C);
+    `upstream` (tls_upstream): the server's leg is TLS with ftpalg as the client, resuming
+    the given session (tls_bio_leg.py)."""
     relay = _Relay(loop)
     tls_leg, plain_leg = _Leg(relay, "client"), _Leg(relay, "server")
     tls_leg.peer, plain_leg.peer = plain_leg, tls_leg
+    client_protocol: asyncio.Protocol = tls_leg
+    if context is not None:  # tls_leg's connection_made comes after the handshake
+        client_protocol = BioTlsLeg(tls_leg, context, server_side=True)
     try:
-        await loop.connect_accepted_socket(
-            lambda: tls_leg,
-            sock=client,
-            ssl=context,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
-        )
+        await loop.connect_accepted_socket(lambda: client_protocol, sock=client)
+        if isinstance(client_protocol, BioTlsLeg):
+            assert client_protocol.handshake is not None
+            await client_protocol.handshake
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
         client.close()
         server.close()
         return TlsRelayResult(0, 0, f"client TLS handshake: {exc or type(exc).__name__}")
+    server_protocol: asyncio.Protocol = plain_leg
+    if upstream is not None:  # plain_leg's connection_made comes after the handshake
+        server_protocol = BioTlsLeg(plain_leg, *upstream)
     try:
-        plain, _ = await loop.connect_accepted_socket(lambda: plain_leg, sock=server)
+        await loop.connect_accepted_socket(lambda: server_protocol, sock=server)
     except OSError as exc:
         server.close()
         if tls_leg.transport is not None:
             tls_leg.transport.close()
         relay.error = f"server: {exc}"
         relay.leg_done()
-    else:  # the client's upload ended before the server's transport stood
-        if tls_leg.eof or tls_leg.gone:
-            plain.write_eof()
     await relay.done
     return TlsRelayResult(tls_leg.received, plain_leg.received, relay.error)

@@ -1,7 +1,8 @@
 """The invariant checker's own model of `tls = terminate` (core/tls_terminate.py), written
 independently of it from RFC 4217 and docs/ftps.md: what ftpalg answers itself (AUTH, PBSZ,
 PROT; USER/PASS before AUTH under require_tls), what it tells the adapter (StartTls,
-ProtectData), and the FEAT reply with the TLS features added. Only the reply texts are
+ProtectData), and the FEAT reply with the TLS features added (those the server does not
+list itself). Only the reply texts are
 shared (they are not behaviour)."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class TerminateModel:
         self.pbsz = False
         self.feat_pending = 0
         self.in_multi = False
+        self.server_lists: list[bytes] = []  # feature lines of the FEAT reply going on
 
     def client(self, line: bytes) -> Answer | None:
         """ftpalg's own answer to a client line, or None: forwarded."""
@@ -68,10 +70,14 @@ class TerminateModel:
             return line
         final = len(line) >= 4 and line[:3].isdigit() and line[3:4] in b" \r\n"
         if not final:
+            if self.in_multi:
+                self.server_lists.append(line.strip().upper())
             return line
         self.feat_pending -= 1
         multi, self.in_multi = self.in_multi, False
-        added = b" AUTH TLS\r\n PBSZ\r\n PROT\r\n"
+        ours = (b"AUTH TLS", b"PBSZ", b"PROT")  # added unless the server lists them itself
+        listed, self.server_lists = self.server_lists, []
+        added = b"".join(b" " + f + b"\r\n" for f in ours if f not in listed)
         if multi and line[:3] == b"211":
             return added + line
         if line[:1] in (b"2", b"5"):

@@ -75,6 +75,19 @@ def test_feat_replies_gain_the_tls_features() -> None:
     pb >> server(b"500 Unknown command.\r\n") << [Send(CLIENT, listing)]
 
 
+def test_feat_lists_a_feature_once_when_the_server_lists_it_itself() -> None:
+    """tls_upstream: the server speaks TLS too, and its FEAT has AUTH TLS, PBSZ, PROT."""
+    pb = Playbook(policy=TERMINATE)
+    pb >> client(b"FEAT\r\n") << [Send(SERVER, b"FEAT\r\n")]
+    pb >> server(b"211-Features:\r\n") << [Send(CLIENT, b"211-Features:\r\n")]
+    for line in (b" AUTH SSL\r\n", b" auth tls\r\n", b" PBSZ\r\n", b" MDTM\r\n"):
+        pb >> server(line) << [Send(CLIENT, line)]
+    pb >> server(b"211 End\r\n") << [Send(CLIENT, b" PROT\r\n211 End\r\n")]
+    pb >> client(b"FEAT\r\n") << [Send(SERVER, b"FEAT\r\n")]  # the next one: all again
+    pb >> server(b"211-Features:\r\n") << [Send(CLIENT, b"211-Features:\r\n")]
+    pb >> server(b"211 End\r\n") << [Send(CLIENT, FEATURES + b"211 End\r\n")]
+
+
 def test_address_lines_are_still_rewritten() -> None:
     pb = secured(Playbook(policy=TERMINATE))
     pasv = b"227 Entering Passive Mode (172,20,9,80,195,80).\r\n"

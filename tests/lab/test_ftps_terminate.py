@@ -358,3 +358,37 @@ def test_require_tls_refuses_a_plain_login(site: Site) -> None:
     finally:
         alg.stop()
         site.alg = start_alg(lab, site.host, str(server.address), site.cert, site.key)
+
+
+def test_tls_ciphers_and_min_version(site: Site, tmp_path: Path) -> None:
+    """`--tls-ciphers`: a curl limited to TLS 1.2 gets the one suite allowed; `--tls-min-version
+    1.3`: that curl is refused in the handshake, a TLS 1.3 curl still downloads."""
+    lab, server = site.lab, site.server
+    url = f"ftp://{site.host}:{PORT}/f.bin"
+
+    def curl_v(*args: str) -> tuple[int, str]:
+        argv = ["curl", "-sS", "-v", "--ssl-reqd", "-k", "--max-time", "30", *args]
+        argv += ["-o", str(tmp_path / "t.bin"), url]
+        run = lab.run("srv", argv, timeout=40)
+        return run.returncode, run.stderr
+
+    site.alg.stop()
+    more = ("--tls-ciphers", "ECDHE+CHACHA20")
+    alg = start_alg(lab, site.host, str(server.address), site.cert, site.key, *more)
+    try:
+        rc, err = curl_v("--tls-max", "1.2")
+        assert rc == 0 and "TLSv1.2 / ECDHE-RSA-CHACHA20-POLY1305" in err, err[-2000:]
+        assert sha256_file(tmp_path / "t.bin") == site.digest
+        alg.stop()
+        more = ("--tls-min-version", "1.3")
+        alg = start_alg(lab, site.host, str(server.address), site.cert, site.key, *more)
+        rc, err = curl_v("--tls-max", "1.2")
+        assert rc == 35, err[-2000:]  # curl: SSL connect error
+        assert alg.named("tls_handshake_failed")
+        (tmp_path / "t.bin").unlink(missing_ok=True)
+        rc, err = curl_v()
+        assert rc == 0 and "TLSv1.3" in err, err[-2000:]
+        assert sha256_file(tmp_path / "t.bin") == site.digest
+    finally:
+        alg.stop()
+        site.alg = start_alg(lab, site.host, str(server.address), site.cert, site.key)

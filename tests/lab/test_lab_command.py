@@ -104,6 +104,55 @@ def test_lab_shows_conversions_under_a_data_policy() -> None:
     assert namespaces_of(lab_id(run.stderr)) == []
 
 
+def test_lab_ftps_rows_with_the_kernel_side_by_side() -> None:
+    """`ftpalg lab --ftps --kernel`: explicit FTPS passthrough (curl --ssl-reqd, lftp
+    ssl-force; vsftpd requiring TLS) through ftpalg and through the kernel helper, terminate
+    in reverse mode (curl --ssl-reqd, PROT P) in front of the plain server and, with
+    tls_upstream, in front of the vsftpd requiring TLS; every transfer
+    sha256-checked by the lab; each row names its tls policy and what ftpalg saw."""
+    _need_lab()
+    need_tools("openssl")
+    run = ftpalg_lab("--ftps", "--kernel", "--size", "1048576")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ftpalg: 24/24 ok; kernel: 24/24 ok" in run.stdout
+    header, rows = table(run.stdout.split("\nFTPS:\n", 1)[1])
+    assert header == [
+        "tls",
+        "mode",
+        "ip",
+        "dir",
+        "ftpalg",
+        "saw",
+        "ftpalg",
+        "MB/s",
+        "kernel",
+        "MB/s",
+    ]
+    assert len(rows) == 12, rows
+    passthrough = [r for r in rows if r[0] == "passthrough"]
+    terminate = [r for r in rows if r[0] == "terminate"]
+    upstream = [r for r in rows if r[0] == "terminate+upstream"]
+    assert {(r[1], r[2]) for r in passthrough} == {
+        ("curl-ftps", "v4"),
+        ("lftp-ftps", "v4"),
+        ("curl-ftps", "v6"),
+    }
+    assert {r[3] for r in passthrough} == {"get", "put"} and len(terminate) == 4
+    for row in passthrough:
+        assert re.fullmatch(r"AUTH (TLS|SSL) passed through, data window opened", row[4]), row
+        assert row[5] == "ok" and row[7] == "ok", row
+    for row in terminate:
+        assert re.fullmatch(r"AUTH (TLS|SSL) answered by ftpalg, plain upstream", row[4]), row
+        assert row[5] == "ok" and row[7:] == ["-", "-"], row
+    assert [(r[2], r[3]) for r in upstream] == [("v4", "get"), ("v4", "put")]
+    for row in upstream:  # tls_upstream: FTPS to the vsftpd requiring TLS too
+        assert re.fullmatch(r"AUTH (TLS|SSL) answered by ftpalg, TLS upstream \(PROT P\)", row[4])
+        assert row[5] == "ok" and row[7:] == ["-", "-"], row
+    assert "FTPS ftpalg: 12/12 ok; kernel: 6/6 ok" in run.stdout
+    assert "ftpalg --tls terminate (reverse mode" in run.stderr
+    assert namespaces_of(lab_id(run.stderr)) == []
+
+
 def test_lab_keep_waits_for_ctrl_c_then_tears_down() -> None:
     _need_lab()
     argv = [sys.executable, "-m", "ftpalg", "lab", "--keep", "--quick", "--size", "64k"]

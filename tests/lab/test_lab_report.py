@@ -9,9 +9,17 @@ from typing import Any
 import pytest
 
 from ftpalg import cli
-from ftpalg.lab import command, matrix
+from ftpalg.lab import command, ftps_rows, matrix
 from ftpalg.lab.capture import ftp_lines, parse_pcap
-from ftpalg.lab.table import Case, Outcome, all_ok, reason_line, render, shorten
+from ftpalg.lab.table import (
+    Case,
+    Outcome,
+    all_ok,
+    reason_line,
+    render,
+    render_ftps,
+    shorten,
+)
 
 # ---- flags -----------------------------------------------------------------------------------
 
@@ -194,6 +202,32 @@ def test_render_kernel_side_by_side_with_a_failure() -> None:
     assert "Commands on the kernel path" in text and "PORT 203,0,113,1,4,2" in text
     assert "ftpalg: 1/2 ok; kernel: 2/2 ok" in text
     assert not all_ok(results)
+
+
+def test_ftps_cases_say_their_policy() -> None:
+    full, quick = ftps_rows.cases(), ftps_rows.cases(quick=True)
+    assert {c.tls for c in full} == {"passthrough", "terminate", "terminate+upstream"}
+    assert {c.mode for c in full} == {"curl-ftps", "lftp-ftps"}
+    assert {c.mode for c in quick} == {"curl-ftps"} and len(quick) == len(full) - 2
+    assert all(c.mode.startswith("curl") for c in full if c.tls.startswith("terminate"))
+    assert Case("curl-ftps", 6, True, "terminate").label == "curl-ftps terminate v6 put"
+
+
+def test_render_ftps_with_a_path_that_did_not_run_a_row() -> None:
+    cases = [Case("curl-ftps", 4, False, "passthrough"), Case("curl-ftps", 4, True, "terminate")]
+    saw = "AUTH TLS passed through, data window opened"
+    ok = Outcome(True, 1 << 20, 0.5, "", saw)
+    bad = Outcome(False, 0, 1.0, "curl epsv exit 64: curl: (64) Requested SSL level failed")
+    results: dict[str, list[Outcome | None]] = {"ftpalg": [ok, bad], "kernel": [ok, None]}
+    text = render_ftps(cases, results)
+    assert text.startswith("FTPS:\n")
+    header, rows = parse_table(text)
+    assert header[:4] == ["tls", "mode", "ip", "dir"] and header[-2:] == ["kernel", "MB/s"]
+    assert rows[0] == ["passthrough", "curl-ftps", "v4", "get", saw, "ok", "2.1", "ok", "2.1"]
+    assert rows[1] == ["terminate", "curl-ftps", "v4", "put", "-", "FAIL [1]", "-", "-", "-"]
+    assert "[1] ftpalg, curl-ftps terminate v4 put: curl epsv exit 64" in text
+    assert "FTPS ftpalg: 1/2 ok; kernel: 1/1 ok" in text
+    assert not all_ok(results) and all_ok({"kernel": [ok, None]})
 
 
 # ---- the pcap reader -------------------------------------------------------------------------
