@@ -104,6 +104,7 @@ class DataLegs:
                 t.path,
                 t.type,
                 self.client,
+                estimated=ev.estimated,
             ),
             t,
             now,

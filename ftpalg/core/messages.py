@@ -91,6 +91,7 @@ class DataFinished:
     dialed_to_accepted: int
     seconds: float
     error: str | None = None
+    estimated: bool = False  # a count is an estimate (kernel plane: docs/data-plane.md)
 
 
 @dataclass(frozen=True, slots=True)

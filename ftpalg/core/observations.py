@@ -242,6 +242,13 @@ class DataEnded(Observation):
     type: str
     client: Endpoint
     reply: bytes | None = None  # the transfer command's final reply (None: none came)
+    estimated: bool = False  # a byte count is the kernel plane's bounded estimate
+
+    def fields(self) -> dict[str, Any]:
+        out = Observation.fields(self)
+        if not self.estimated:  # logged only when true: counts are exact otherwise
+            del out["estimated"]
+        return out
 
     @property
     def level(self) -> str:

@@ -264,7 +264,8 @@ class KernelData:
             both_ends = exact[0] is not None and exact[1] is not None
             error = "reset" if reset or not both_ends else None
         seconds = self.now() - run.started
-        run.plane.feed(DataFinished(run.conn, orig, reply, seconds, error))
+        estimated = exact[0] is None or exact[1] is None  # the counters' estimate was used
+        run.plane.feed(DataFinished(run.conn, orig, reply, seconds, error, estimated))
 
 
 class KernelPlane:

@@ -3,7 +3,17 @@ log renderer and the metrics read; the playbooks in test_session.py check when t
 
 from __future__ import annotations
 
-from ftpalg.core.messages import Side
+import dataclasses
+import random
+
+from ftpalg.core.messages import (
+    DataAccepted,
+    DataConnected,
+    DataFinished,
+    DataReceived,
+    ListenerOpened,
+    Side,
+)
 from ftpalg.core.observations import (
     DataEnded,
     DataMode,
@@ -14,8 +24,10 @@ from ftpalg.core.observations import (
     Refusal,
     Rewritten,
 )
+from ftpalg.core.policy import CorePolicy
+from ftpalg.core.session import Session
 from ftpalg.core.wire import Kind
-from tests.core.harness import ep
+from tests.core.harness import FACES_V4, ep
 
 LISTEN = ep("203.0.113.5:4675")
 
@@ -72,3 +84,24 @@ def test_a_failed_data_connection_logs_a_warning_without_the_client() -> None:
     reset = DataEnded(1, DataMode.PASSIVE, 5, 0, 0.1, "reset", b"u", "RETR", b"f", "I", client)
     assert (ok.ok, ok.level, reset.ok, reset.level) == (True, "info", False, "warning")
     assert "client" not in reset.fields() and reset.fields()["mode"] == "passive"
+
+
+def test_an_estimated_count_says_so_and_an_exact_one_says_nothing() -> None:
+    client = ep("172.20.9.84:4666")
+    exact = DataEnded(1, DataMode.PASSIVE, 5, 0, 0.1, "ok", None, "RETR", b"f", "I", client)
+    guess = dataclasses.replace(exact, estimated=True)
+    assert "estimated" not in exact.fields()
+    assert guess.fields()["estimated"] is True and guess.fields()["bytes_to_client"] == 5
+
+
+def test_the_planes_estimate_reaches_data_finished() -> None:
+    session = Session(FACES_V4, CorePolicy(), 0.0, random.Random(1))
+    session.handle(
+        DataReceived(Side.SERVER, b"227 Entering Passive Mode (172,20,9,80,195,80).\r\n"), 0.0
+    )
+    session.handle(ListenerOpened(1, 50000), 0.0)
+    session.handle(DataAccepted(1, 7, FACES_V4.client), 0.0)
+    session.handle(DataConnected(7), 0.0)
+    out = session.handle(DataFinished(7, 0, 3, 0.5, None, estimated=True), 0.0)
+    (ended,) = [a for a in out if isinstance(a, DataEnded)]
+    assert ended.estimated and (ended.bytes_to_client, ended.bytes_to_server) == (3, 0)
