@@ -29,29 +29,17 @@ from ftpalg.lab.gateway import _replace_table, apply_closed_gateway
 from ftpalg.lab.netns import Lab, wait_until
 from ftpalg.lab.servers import FtpServer, make_file, sha256_file, start_server
 from tests.lab.conftest import start_lab
+from tests.lab.ftps_client import PREAMBLE
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 SIZE = 2 << 20
 
-FTPLIB = """
+FTPLIB = (
+    PREAMBLE
+    + """
 import ftplib, hashlib, json, ssl, sys
 host, mode, name = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.create_default_context()
-ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-
-
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    # ftplib does not resume the control connection's TLS session on data connections
-    # (vsftpd's require_ssl_reuse then refuses them): this one does, as curl and lftp do
-
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(
-                conn, server_hostname=self.host, session=self.sock.session
-            )
-        return conn, size
 
 
 ftp = ReusingFTP_TLS(context=ctx, timeout=20)
@@ -73,6 +61,7 @@ out["sha256"] = hashlib.sha256(data).hexdigest()
 ftp.quit()
 print(json.dumps(out), flush=True)
 """
+)
 
 
 def curl(lab: Lab, server: FtpServer, args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -28,27 +28,18 @@ from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.netns import Lab, wait_until
 from ftpalg.lab.servers import FtpServer, make_file, self_signed, start_server
 from tests.lab.conftest import start_lab
+from tests.lab.ftps_client import PREAMBLE
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
 
 BIG = 64 << 20  # larger than every buffer on the way: an abort after 1 MiB is mid-transfer
 PORT = 2121
 
-CLIENT = """
+CLIENT = (
+    PREAMBLE
+    + """
 import ftplib, hashlib, json, os, socket, ssl, struct, sys, time
 host, port, how, where, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-ctx = ssl.create_default_context()
-ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-
-
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(
-                conn, server_hostname=self.host, session=self.sock.session
-            )
-        return conn, size
 
 
 def attempt(fn):
@@ -110,6 +101,7 @@ else:
     out["noop"] = attempt(lambda: ftp.voidcmd("NOOP"))
 print(json.dumps(out), flush=True)
 """
+)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ftpalg.lab.alg import AlgProcess, start_ftpalg
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.servers import FtpServer, make_file, self_signed, sha256_file, start_server
 from tests.lab.conftest import start_lab
+from tests.lab.ftps_client import PREAMBLE
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
@@ -28,21 +29,11 @@ SIZE = 2 << 20
 PORT = 2121
 IMPLICIT = 990
 
-FTPLIB = """
+FTPLIB = (
+    PREAMBLE
+    + """
 import ftplib, hashlib, json, ssl, sys
 host, port, prot, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-ctx = ssl.create_default_context()
-ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-
-
-class ReusingFTP_TLS(ftplib.FTP_TLS):
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(
-                conn, server_hostname=self.host, session=self.sock.session
-            )
-        return conn, size
 
 
 ftp = ReusingFTP_TLS(context=ctx, timeout=20)
@@ -70,6 +61,7 @@ out["sha256"] = hashlib.sha256(data).hexdigest()
 ftp.quit()
 print(json.dumps(out), flush=True)
 """
+)
 
 
 @dataclass
