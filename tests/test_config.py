@@ -19,12 +19,12 @@ from ftpalg.ops.config import (
     Endpoint,
     HostPort,
     build_config,
-    build_parser,
     load_toml,
     parse_endpoint,
     parse_host_port,
     parse_port_range,
 )
+from ftpalg.ops.flags import build_parser
 from ftpalg.ops.reload import check_config, plan_reload
 
 ROOT = Path(__file__).resolve().parents[1]

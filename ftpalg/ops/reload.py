@@ -26,7 +26,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ftpalg.ops.config import Config, ConfigError, build_config, build_parser, load_toml
+from ftpalg.ops.config import Config, ConfigError, build_config, load_toml
+from ftpalg.ops.flags import build_parser
 
 RESTART_ONLY = (
     "listen",
