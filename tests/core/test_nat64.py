@@ -256,3 +256,11 @@ def test_the_loose_policy_dials_the_address_the_227_names() -> None:
     r.server(b"500 no\r\n")
     opened = listener(r.server(b"227 Entering Passive Mode (172,20,9,99,195,80).\r\n"))
     assert opened.target.host == ip_address("172.20.9.99")
+
+
+def test_ipv4_address_commands_from_the_ipv6_client_are_refused() -> None:
+    r = Run()
+    for line in (b"PORT 172,20,9,84,156,64\r\n", b"EPRT |1|172.20.9.84|40000|\r\n"):
+        replies = r.sends(r.client(line))
+        assert len(replies) == 1 and replies[0][0] is CLIENT, replies
+        assert replies[0][1].startswith(b"501 "), replies  # never reaches the IPv4 server
