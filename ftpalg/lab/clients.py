@@ -240,6 +240,19 @@ FTPS_MODES: dict[str, tuple[str, bool, CurlMode]] = {
     "curl-ftps": ("curl", True, "epsv"),
     "lftp-ftps": ("lftp", True, "epsv"),
 }
+# The IPv6-only client's modes through NAT64 (lab/nat64.py); wget only downloads
+NAT64_MODES: dict[str, tuple[str, bool, CurlMode]] = {
+    "curl-epsv": ("curl", True, "epsv"),
+    "curl-pasv": ("curl", True, "pasv"),  # --disable-epsv (curl still sends EPSV on IPv6)
+    "curl-eprt": ("curl", False, "eprt"),  # -P -
+    "lftp-passive": ("lftp", True, "epsv"),
+    "lftp-active": ("lftp", False, "eprt"),
+    "ftplib-passive": ("ftplib", True, "epsv"),  # EPSV on IPv6
+    "ftplib-active": ("ftplib", False, "eprt"),  # EPRT |2| on IPv6
+    "wget-passive": ("wget", True, "epsv"),
+    "wget-active": ("wget", False, "eprt"),
+}
+_MODES = {**NAT64_MODES, **CLIENT_MODES, **FTPS_MODES}
 TLS_CURL = ("--ssl-reqd", "-k")
 
 
@@ -252,10 +265,14 @@ def run_transfer(
     upload: bool = False,
     timeout: float = 30.0,
 ) -> TransferResult:
-    """One transfer with a client mode from CLIENT_MODES or FTPS_MODES (download unless
-    `upload`)."""
+    """One transfer with a client mode from CLIENT_MODES, FTPS_MODES or NAT64_MODES
+    (download unless `upload`)."""
     tls = mode in FTPS_MODES
-    program, passive, curl_mode = FTPS_MODES[mode] if tls else CLIENT_MODES[mode]
+    program, passive, curl_mode = _MODES[mode]
+    if program == "wget":
+        if upload:
+            raise ValueError("wget cannot upload over FTP")
+        return wget_transfer(lab, target, remote, local, passive, timeout)
     if program == "curl":
         extra = TLS_CURL if tls else ()
         return curl_transfer(lab, target, remote, local, upload, curl_mode, timeout, extra)

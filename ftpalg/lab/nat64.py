@@ -15,7 +15,7 @@ well-known prefix (RFC 6052 §3.1), and the lab's servers have documentation add
 baseline uses the network-specific prefix `NSP` (2001:db8:64::/96) instead, and the same
 clients through ftpalg run under that prefix too.
 
-`NAT64_MODES` are the IPv6 client modes through the prefix: curl EPSV, `--disable-epsv`
+`clients.NAT64_MODES` are the IPv6 client modes through the prefix: curl EPSV, `--disable-epsv`
 (PASV) and EPRT (`-P -`), lftp passive/active, Python ftplib passive/active (EPSV/EPRT on
 IPv6), wget passive/active (downloads only).
 """
@@ -25,20 +25,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from ftpalg.core.rfc6052 import WELL_KNOWN, embed
 from ftpalg.lab.clients import (
-    CurlMode,
+    NAT64_MODES,
     FtpTarget,
-    TransferResult,
-    curl_transfer,
-    ftplib_transfer,
-    lftp_transfer,
-    wget_transfer,
 )
 from ftpalg.lab.netns import Lab, LabError, LabUnavailable, wait_until
 from ftpalg.lab.server_base import FtpServer
@@ -49,8 +43,6 @@ TUN = "nat64"
 TAYGA_V4 = IPv4Address("198.51.100.1")
 TAYGA_V6 = IPv6Address("2001:db8:3::64")  # its own, outside the prefixes
 POOL = "198.51.100.128/25"  # the IPv4 addresses Tayga gives IPv6 clients
-
-Transfer = Callable[[Lab, FtpTarget, str, Path, bool, float], TransferResult | None]
 
 
 def synthesized(address: IPv4Address, prefix: IPv6Network = PREFIX) -> IPv6Address:
@@ -124,54 +116,4 @@ def _tun_up(lab: Lab) -> bool:
     return "UP" in out
 
 
-def _curl(mode: CurlMode) -> Transfer:
-    def run(
-        lab: Lab, target: FtpTarget, remote: str, local: Path, upload: bool, timeout: float
-    ) -> TransferResult:
-        return curl_transfer(lab, target, remote, local, upload, mode, timeout)
-
-    return run
-
-
-def _lftp(passive: bool) -> Transfer:
-    def run(
-        lab: Lab, target: FtpTarget, remote: str, local: Path, upload: bool, timeout: float
-    ) -> TransferResult:
-        return lftp_transfer(lab, target, remote, local, upload, passive, timeout)
-
-    return run
-
-
-def _ftplib(passive: bool) -> Transfer:
-    def run(
-        lab: Lab, target: FtpTarget, remote: str, local: Path, upload: bool, timeout: float
-    ) -> TransferResult:
-        return ftplib_transfer(lab, target, remote, local, upload, passive, timeout)
-
-    return run
-
-
-def _wget(passive: bool) -> Transfer:
-    def run(
-        lab: Lab, target: FtpTarget, remote: str, local: Path, upload: bool, timeout: float
-    ) -> TransferResult | None:
-        if upload:
-            return None  # wget cannot upload over FTP
-        return wget_transfer(lab, target, remote, local, passive, timeout)
-
-    return run
-
-
-# name -> one transfer (None: the client cannot do that direction)
-NAT64_MODES: dict[str, Transfer] = {
-    "curl-epsv": _curl("epsv"),
-    "curl-pasv": _curl("pasv"),  # --disable-epsv
-    "curl-eprt": _curl("eprt"),  # -P -
-    "lftp-passive": _lftp(True),
-    "lftp-active": _lftp(False),
-    "ftplib-passive": _ftplib(True),  # EPSV on IPv6
-    "ftplib-active": _ftplib(False),  # EPRT |2| on IPv6
-    "wget-passive": _wget(True),
-    "wget-active": _wget(False),
-}
 UPLOADS = tuple(name for name in NAT64_MODES if not name.startswith("wget"))

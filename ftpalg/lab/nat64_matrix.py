@@ -6,7 +6,7 @@ routed to the gateway (`nat64.make_ipv6_only`), starts every IPv4 server kind (p
 vsftpd, pure-ftpd, proftpd, and `no-epsv`: pyftpdlib without EPSV and EPRT, which only
 ftpalg's PASV/PORT fallback makes usable from IPv6), closes the gateway's forward path and
 runs ftpalg with `--listen [::]:21 --nat64-prefix 64:ff9b::/96`. Every client mode of
-`nat64.NAT64_MODES` (`--quick`: curl only) then downloads and uploads (wget: downloads only)
+`clients.NAT64_MODES` (`--quick`: curl only) then downloads and uploads (wget: downloads only)
 a file of `--size` bytes from each server at its synthesized address, sha256 checked. Each row
 shows the address line as the client saw it and as the server did, from ftpalg's `rewrite`
 log events, and what ftpalg sent in the client's command's place (`nat64_translated`).
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TextIO
 
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.clients import NAT64_MODES, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.matrix import FILE_NAME, UPLOAD_NAME, transfer_timeout
 from ftpalg.lab.nat64 import (
-    NAT64_MODES,
     PREFIX,
     UPLOADS,
     add_server_address,
@@ -52,7 +52,7 @@ LEGEND = (
 
 @dataclass(frozen=True)
 class NatCase:
-    client: str  # a key of nat64.NAT64_MODES
+    client: str  # a key of clients.NAT64_MODES
     server: str  # one of SERVER_KINDS
     upload: bool
 
@@ -128,21 +128,21 @@ def run_case(
     lab: Lab, case: NatCase, server: FtpServer, digest: str, work: Path, size: int
 ) -> tuple[bool, str, int, float]:
     """(ok, reason, bytes, seconds) of one transfer, sha256 checked."""
-    transfer, target = NAT64_MODES[case.client], nat64_target(server)
+    target = nat64_target(server)
     timeout = transfer_timeout(size)
     if case.upload:
         name = f"nat64-{case.client}.bin"
-        result = transfer(lab, target, server.upload_path(name), work / UPLOAD_NAME, True, timeout)
+        result = run_transfer(
+            lab, case.client, target, server.upload_path(name), work / UPLOAD_NAME, True, timeout
+        )
         arrived = server.uploaded(name)
-        got = sha256_file(arrived) if result and result.ok and arrived.exists() else None
+        got = sha256_file(arrived) if result.ok and arrived.exists() else None
         arrived.unlink(missing_ok=True)
     else:
         local = work / "download.bin"
-        result = transfer(lab, target, FILE_NAME, local, False, timeout)
-        got = result.sha256 if result else None
+        result = run_transfer(lab, case.client, target, FILE_NAME, local, False, timeout)
+        got = result.sha256
         local.unlink(missing_ok=True)
-    if result is None:
-        return False, "this client cannot do that", 0, 0.0
     if not result.ok:
         return False, reason_line(result.detail), 0, result.seconds
     if got != digest:

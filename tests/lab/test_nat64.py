@@ -29,10 +29,9 @@ from typing import Any
 import pytest
 
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
-from ftpalg.lab.clients import FtpTarget, TransferResult, curl_transfer
+from ftpalg.lab.clients import NAT64_MODES, FtpTarget, TransferResult, curl_transfer, run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway
 from ftpalg.lab.nat64 import (
-    NAT64_MODES,
     PREFIX,
     UPLOADS,
     add_server_address,
@@ -108,15 +107,15 @@ def transfer(
     if upload:
         local = tmp_path / f"up{next(_names)}.bin"
         digest = make_file(tmp_path, local.name, size)
-        result = NAT64_MODES[mode](
-            setup.lab, target, srv.upload_path(local.name), local, True, timeout
+        result = run_transfer(
+            setup.lab, mode, target, srv.upload_path(local.name), local, True, timeout
         )
         assert result is not None and result.ok, result and result.detail
         assert sha256_file(srv.uploaded(local.name)) == digest
         srv.uploaded(local.name).unlink()
     else:
         local = tmp_path / f"down{next(_names)}.bin"
-        result = NAT64_MODES[mode](setup.lab, target, f"{size}.bin", local, False, timeout)
+        result = run_transfer(setup.lab, mode, target, f"{size}.bin", local, False, timeout)
         assert result is not None and result.ok, result and result.detail
         assert result.sha256 == setup.files[(server, size)] and result.nbytes == size
         local.unlink()
@@ -247,8 +246,8 @@ def test_an_ipv6_destination_outside_the_prefix_is_not_translated(
     srv = nat64.v6_server
     check = baseline(nat64.alg, (srv,))
     for mode in ("curl-epsv", "curl-eprt"):
-        result = NAT64_MODES[mode](
-            nat64.lab, srv.target, "1048576.bin", tmp_path / "v6.bin", False, 30.0
+        result = run_transfer(
+            nat64.lab, mode, srv.target, "1048576.bin", tmp_path / "v6.bin", False, 30.0
         )
         assert isinstance(result, TransferResult) and result.ok, result and result.detail
         assert result.sha256 == nat64.files[("v6", 1 << 20)]
@@ -282,13 +281,13 @@ def test_reverse_mode_with_an_ipv6_listener_and_an_ipv4_upstream(
     args = ["--listen", f"[{listen.address}]:2121", "--upstream", f"{srv.address}:21"]
     reverse = start_ftpalg(lab, [*args, "--data-plane", "relay", "--data-ports", "30000-30999"])
     try:
-        result = NAT64_MODES["curl-epsv"](lab, listen, "1048576.bin", tmp_path / "r", False, 30)
+        result = run_transfer(lab, "curl-epsv", listen, "1048576.bin", tmp_path / "r", False, 30)
         assert result is not None and result.ok, result and result.detail
         assert result.sha256 == nat64.files[("rfc959", 1 << 20)]
         local = tmp_path / "reverse-up.bin"
         digest = make_file(tmp_path, local.name, 1 << 20)
-        result = NAT64_MODES["ftplib-active"](
-            lab, listen, srv.upload_path(local.name), local, True, 30
+        result = run_transfer(
+            lab, "ftplib-active", listen, srv.upload_path(local.name), local, True, 30
         )
         assert result is not None and result.ok, result and result.detail
         assert sha256_file(srv.uploaded(local.name)) == digest

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from ftpalg.lab.alg import AlgProcess, start_ftpalg
+from ftpalg.lab.clients import run_transfer
 from ftpalg.lab.gateway import apply_closed_gateway, apply_routing
-from ftpalg.lab.nat64 import NAT64_MODES, NSP, make_ipv6_only, nat64_target, start_tayga
+from ftpalg.lab.nat64 import NSP, make_ipv6_only, nat64_target, start_tayga
 from ftpalg.lab.netns import Lab
 from ftpalg.lab.rfc959_server import start_rfc959
 from ftpalg.lab.servers import FtpServer, make_file, start_server
@@ -96,7 +97,7 @@ def test_plain_epsv_to_a_server_that_knows_it_works_either_way(
 ) -> None:
     """The NAT64 itself is sound: control, and EPSV against an EPSV-capable IPv4 server."""
     target = nat64_target(gateway.servers["pyftpdlib"], NSP)
-    result = NAT64_MODES["curl-epsv"](gateway.lab, target, "data.bin", tmp_path / "x", False, 30)
+    result = run_transfer(gateway.lab, "curl-epsv", target, "data.bin", tmp_path / "x", False, 30)
     assert result is not None and result.ok, result and result.detail
     assert result.sha256 == gateway.files["pyftpdlib"]
 
@@ -143,7 +144,7 @@ def test_clients_that_fail_without_an_alg(
     target = nat64_target(gateway.servers[server], NSP)
     local = tmp_path / f"d{next(_names)}.bin"
     mark = gateway.alg.mark() if gateway.alg is not None else 0
-    result = NAT64_MODES[mode](gateway.lab, target, "data.bin", local, False, 15)
+    result = run_transfer(gateway.lab, mode, target, "data.bin", local, False, 15)
     assert result is not None
     if gateway.alg is None:
         assert not result.ok, f"{mode} against {server} worked through a NAT64 without ALG"
@@ -174,7 +175,7 @@ def test_a_48_bit_prefix(tmp_path: Path) -> None:
         assert str(target.address) == "2001:db8:122:cb00:71:d00::"  # 203.0.113.13
         for mode in ("curl-epsv", "ftplib-active"):
             local = tmp_path / f"{mode}.bin"
-            result = NAT64_MODES[mode](lab, target, "data.bin", local, False, 30)
+            result = run_transfer(lab, mode, target, "data.bin", local, False, 30)
             assert result is not None and result.ok, result and result.detail
             assert result.sha256 == digest
         opened = alg.named("session_opened")
