@@ -24,26 +24,6 @@ done
 
 dest=.lab-tools/proftpd
 if [ ! -x "$dest/usr/sbin/proftpd" ] || [ ! -f "$dest/usr/lib/proftpd/mod_proxy.so" ]; then
-  tmp=$(mktemp -d)
-  if (cd "$tmp" && apt-get download proftpd-core proftpd-mod-crypto proftpd-mod-proxy \
-      >/dev/null 2>&1); then
-    mkdir -p "$dest"
-    libs=()
-    for deb in "$tmp"/*.deb; do
-      dpkg-deb -x "$deb" "$dest"
-      # the shared libraries they depend on (everything named lib*)
-      while read -r dep; do libs+=("$dep"); done < <(dpkg-deb -f "$deb" Depends |
-        tr ',' '\n' | sed -E 's/^ *([^ (|]+).*/\1/' | grep '^lib' || true)
-    done
-    missing=()
-    for l in "${libs[@]}"; do
-      dpkg-query -W -f='${Status}' "$l" 2>/dev/null | grep -q "install ok installed" ||
-        missing+=("$l")
-    done
-    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}" ||
-      echo "bench setup: could not install ${missing[*]}" >&2
-  else
+  scripts/unpack-debs.sh "$dest" proftpd-core proftpd-mod-crypto proftpd-mod-proxy ||
     echo "bench setup: proftpd packages not available (its path will be reported as not run)" >&2
-  fi
-  rm -rf "$tmp"
 fi

@@ -40,43 +40,15 @@ for unit in vsftpd ftp-proxy tayga; do
   fi
 done
 
-# pure-ftpd conflicts with vsftpd (both provide ftp-server): unpack it privately.
+# pure-ftpd and proftpd (the NAT64 lab's IPv4-only proftpd) conflict with vsftpd (all
+# provide ftp-server): unpacked privately, with the libraries they link against.
 if [ ! -x .lab-tools/pure-ftpd/usr/sbin/pure-ftpd ] && [ "$(id -u)" -eq 0 ]; then
-  tmp=$(mktemp -d)
-  if (cd "$tmp" && apt-get download pure-ftpd-common pure-ftpd >/dev/null 2>&1); then
-    mkdir -p .lab-tools/pure-ftpd
-    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" .lab-tools/pure-ftpd; done
-  else
+  scripts/unpack-debs.sh .lab-tools/pure-ftpd pure-ftpd-common pure-ftpd ||
     echo "setup: pure-ftpd not available (its lab cases will report that)" >&2
-  fi
-  rm -rf "$tmp"
 fi
-
-# proftpd conflicts with vsftpd too: unpack proftpd-core privately (the NAT64 lab's IPv4-only
-# proftpd), with the shared libraries it links against installed normally.
 if [ ! -x .lab-tools/proftpd/usr/sbin/proftpd ] && [ "$(id -u)" -eq 0 ]; then
-  tmp=$(mktemp -d)
-  if (cd "$tmp" && apt-get download proftpd-core >/dev/null 2>&1); then
-    mkdir -p .lab-tools/proftpd
-    libs=()
-    for deb in "$tmp"/*.deb; do
-      dpkg-deb -x "$deb" .lab-tools/proftpd
-      while read -r dep; do libs+=("$dep"); done < <(dpkg-deb -f "$deb" Depends |
-        tr ',' '\n' | sed -E 's/^ *([^ (|]+).*/\1/' | grep '^lib' || true)
-    done
-    missing=()
-    for l in "${libs[@]}"; do
-      dpkg-query -W -f='${Status}' "$l" 2>/dev/null | grep -q "install ok installed" ||
-        missing+=("$l")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-        echo "setup: could not install ${missing[*]} (proftpd needs them)" >&2
-    fi
-  else
+  scripts/unpack-debs.sh .lab-tools/proftpd proftpd-core ||
     echo "setup: proftpd not available (its lab cases will report that)" >&2
-  fi
-  rm -rf "$tmp"
 fi
 
 PY=${PYTHON:-python3}

@@ -11,25 +11,12 @@ what the server received), and starts it in the foreground (`-n`) like the other
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 from ftpalg.lab.netns import IPAddress, Lab
-from ftpalg.lab.server_base import FtpServer, ServerUnavailable, launch, need_ftp_user, workdir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ftpalg.lab.server_base import FtpServer, launch, need_ftp_user, private_binary, workdir
 
 
 def proftpd_path() -> str:
-    env = os.environ.get("FTPALG_PROFTPD")
-    candidates = [env] if env else []
-    candidates += [str(REPO_ROOT / ".lab-tools/proftpd/usr/sbin/proftpd")]
-    candidates += [shutil.which("proftpd") or ""]
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    raise ServerUnavailable("proftpd not found (run ./scripts/setup.sh, or set FTPALG_PROFTPD)")
+    return private_binary("proftpd", "FTPALG_PROFTPD")
 
 
 def start_proftpd(

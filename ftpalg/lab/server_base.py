@@ -188,6 +188,21 @@ def launch(
     raise ServerStartError(f"{kind} on {srv.address} port {srv.port} {problem}:\n{log}")
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def private_binary(program: str, env: str) -> str:
+    """The server `program` that scripts/setup.sh unpacked into .lab-tools/ (servers that
+    conflict with vsftpd in apt), else `$env`'s path first, else one on PATH."""
+    candidates = [os.environ.get(env) or ""]
+    candidates += [str(REPO_ROOT / ".lab-tools" / program / "usr/sbin" / program)]
+    candidates += [shutil.which(program) or ""]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise ServerUnavailable(f"{program} not found (run ./scripts/setup.sh, or set {env})")
+
+
 def need_ftp_user() -> None:
     try:
         pwd.getpwnam("ftp")

@@ -32,6 +32,7 @@ from ftpalg.lab.server_base import (
     launch,
     make_file,
     need_ftp_user,
+    private_binary,
     sha256_file,
     workdir,
 )
@@ -50,8 +51,6 @@ __all__ = [
     "start_vsftpd",
     "vsftpd_path",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_pyftpdlib(
@@ -205,14 +204,7 @@ def start_vsftpd(
 
 
 def pure_ftpd_path() -> str:
-    env = os.environ.get("FTPALG_PURE_FTPD")
-    candidates = [env] if env else []
-    candidates += [str(REPO_ROOT / ".lab-tools/pure-ftpd/usr/sbin/pure-ftpd")]
-    candidates += [shutil.which("pure-ftpd") or ""]
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    raise ServerUnavailable("pure-ftpd not found (run ./scripts/setup.sh, or set FTPALG_PURE_FTPD)")
+    return private_binary("pure-ftpd", "FTPALG_PURE_FTPD")
 
 
 def start_pure_ftpd(
