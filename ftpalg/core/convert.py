@@ -33,6 +33,7 @@ from ftpalg.core.convert_steps import (
     ClientLeg,
     Plan,
     Steps,
+    final,
     upstream_for,
     verb,
 )
@@ -78,7 +79,7 @@ class Converter(Steps):
             if p is None or p.stage != "sent" or not direction.held:
                 return False
             line = direction.held[0][1]
-            return bool(self.owners) and self.owners[0] == TRANSFER and _final(line, b"2")
+            return bool(self.owners) and self.owners[0] == TRANSFER and final(line, b"2")
         if self.opening or (self.plan is not None and self.plan.stage != "sent"):
             return True
         return bool(self.owners) and bool(direction.held) and self.relevant(direction.held[0][1])
@@ -128,14 +129,14 @@ class Converter(Steps):
     def server_line(self, line: bytes, out: list[Action]) -> bool:
         """Count replies; True when the line answers ftpalg's own command (not passed on)."""
         owner = self.owners[0] if self.owners else CLIENT_CMD
-        final = _final(line, b"2345")
-        if final and self.owners:
+        done = final(line)
+        if done and self.owners:
             self.owners.popleft()
         if owner == OWN:
-            if final:
+            if done:
                 self._answer(line, out)
             return True
-        if owner == TRANSFER and final and not line.startswith(b"2"):
+        if owner == TRANSFER and done and not line.startswith(b"2"):
             p = self.plan
             if p is not None and p.stage == "sent":  # 425/550...: nothing comes
                 self._drop(out)
@@ -224,8 +225,3 @@ class Converter(Steps):
     def close(self, out: list[Action]) -> None:
         self._drop(out)
         self._replace(None, out)
-
-
-def _final(line: bytes, first: bytes) -> bool:
-    """A reply's last line (`ddd `) whose first digit is in `first`."""
-    return len(line) >= 4 and line[3:4] == b" " and line[:3].isdigit() and line[0] in first

@@ -41,6 +41,12 @@ def verb(line: bytes) -> str:
     return word.decode("ascii", "replace").upper()
 
 
+def final(line: bytes, first: bytes = b"2345") -> bool:
+    """The last line of a reply (`ddd `) whose first digit is in `first` (by default any
+    that completes a command: not a 1xx)."""
+    return len(line) >= 4 and line[3:4] == b" " and line[:3].isdigit() and line[0] in first
+
+
 def upstream_for(mode: str, kind: str) -> str | None:
     """What goes upstream for the client's `kind` under `mode`; None: no conversion."""
     if mode == "client":

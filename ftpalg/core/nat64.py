@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 
 from ftpalg.core import policy as P
-from ftpalg.core.convert_steps import verb
+from ftpalg.core.convert_steps import final, verb
 from ftpalg.core.messages import Action, Endpoint, Send, Side
 from ftpalg.core.observations import Translated64
 from ftpalg.core.rewrite import format_epsv, format_port_numbers, replacement
@@ -44,11 +44,6 @@ _REFUSAL = {WILL: DONT, DO: WONT}  # WONT / DONT need no answer
 
 def translated(client: Address, server: Address) -> bool:
     return client.version == 6 and server.version == 4
-
-
-def final(line: bytes) -> bool:
-    """The last line of a reply (`ddd `) that completes a command (not a 1xx)."""
-    return len(line) >= 4 and line[3:4] == b" " and line[:3].isdigit() and line[0] in b"2345"
 
 
 class Nat64:

@@ -19,6 +19,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ftpalg.core.convert_steps import final
 from ftpalg.core.messages import (
     Action,
     DataReceived,
@@ -27,7 +28,6 @@ from ftpalg.core.messages import (
     OpenListener,
     Send,
 )
-from ftpalg.core.nat64 import final
 from ftpalg.core.policy import CorePolicy
 from ftpalg.core.session import Session
 from tests.core.harness import CLIENT, FACES_6TO4, SERVER
