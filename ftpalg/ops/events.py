@@ -24,6 +24,7 @@ class Fault(enum.Enum):
     OBSERVER = "observer_failed"
     XFERLOG_OPEN = "xferlog_open_failed"
     XFERLOG_WRITE = "xferlog_write_failed"
+    RELAY_WORKER = "relay_worker_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ _FAULT_LABELS = {
     Fault.OBSERVER: "observer",
     Fault.XFERLOG_OPEN: "xferlog",
     Fault.XFERLOG_WRITE: "xferlog",
+    Fault.RELAY_WORKER: "relay_worker",
 }
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _OFFSET_BUCKETS = (0, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)

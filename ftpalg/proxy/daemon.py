@@ -19,12 +19,14 @@ from pathlib import Path
 from ftpalg.kernel import KernelSetupError
 from ftpalg.ops import sdnotify
 from ftpalg.ops.config import Config, ConfigError
+from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.logs import configure, get_logger
 from ftpalg.ops.operations import Operations
 from ftpalg.ops.privileges import PrivilegeError
 from ftpalg.proxy import tls_context
 from ftpalg.proxy.gateway import Gateway
 from ftpalg.proxy.kernel_state import KernelState, set_up_kernel
+from ftpalg.proxy.relay_worker import RelayWorker, fork_worker
 from ftpalg.proxy.sockets import make_listener
 
 
@@ -66,10 +68,14 @@ async def serve(
     listeners: list[socket.socket],
     ops: Operations | None = None,
     kernel: KernelState | None = None,
+    worker: RelayWorker | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     kernel_data = kernel.data if kernel is not None else None
-    gateway = Gateway(config, loop, ops.observe if ops is not None else None, kernel_data)
+    observe = ops.observe if ops is not None else None
+    gateway = Gateway(config, loop, observe, kernel_data, worker)
+    if worker is not None:  # big relays run there (relay_worker.py)
+        worker.start(loop, lambda why: gateway.observe(Failed(Fault.RELAY_WORKER, why)))
     if kernel is not None:
         kernel.start(loop, gateway.observe)
     if ops is not None:  # metrics, xferlog, SIGHUP (ftpalg/ops/operations.py)
@@ -91,6 +97,8 @@ async def serve(
     gateway.log.info("stopping", sessions=len(gateway.sessions))
     sdnotify.stopping(gateway.config.grace_period)  # the drain may outlast TimeoutStopSec
     await gateway.shutdown(gateway.config.grace_period)  # as reloaded
+    if worker is not None:
+        worker.close()
 
 
 def _give_up(message: str, listeners: list[socket.socket], ops: Operations | None = None) -> int:
@@ -126,15 +134,19 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
         kernel = set_up_kernel(config, listeners, ops, log)
     except KernelSetupError as exc:
         return _give_up(str(exc), listeners, ops)
+    worker: RelayWorker | None = None
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
         ops.drop_privileges()  # --user: after the root-only set-up, before the loop
+        worker = fork_worker()  # as the dropped user, before a loop exists
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(config, listeners, ops, kernel))
+            runner.run(serve(config, listeners, ops, kernel, worker))
     except PrivilegeError as exc:
         print(f"ftpalg: {exc}", file=sys.stderr)
         return 1
     finally:
+        if worker is not None:
+            worker.close()
         kernel.close(log)  # transfers still running get their data_finished (xferlog too)
         ops.close()
     return 0

@@ -41,6 +41,7 @@ from ftpalg.proxy.acceptor import Acceptor
 from ftpalg.proxy.control import ControlSession, HalfProtocol
 from ftpalg.proxy.kernel_plane import KernelData, KernelPlane
 from ftpalg.proxy.refusal import refuse
+from ftpalg.proxy.relay import Handoff
 from ftpalg.proxy.relay_plane import DataPlane
 from ftpalg.proxy.sockets import (
     connect,
@@ -96,8 +97,10 @@ class Gateway:
         loop: asyncio.AbstractEventLoop,
         observe: Observer | None = None,
         kernel_data: KernelData | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.kernel_data = kernel_data  # the kernel data plane, when it carries data
+        self.handoff = handoff  # the relay worker process (relay_worker.py), when there is one
         self.kernel_blocked: str | None = None  # why new sessions use the relay instead
         self.config = config
         self.policy = core_policy(config)

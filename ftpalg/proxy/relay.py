@@ -53,6 +53,12 @@ Subtle rules:
   ``BUFFER_SIZE`` where the pipe would have been made.
 - Every exit path (done, error, cancellation of the awaiting task) removes the readers and
   writers, closes both pipes and both sockets, exactly once.
+- Handoff (``relay_worker.py``): with a ``handoff`` a relay that has moved more than
+  ``HANDOFF_AFTER`` bytes, with nothing held in either direction, passes both sockets and its
+  counts to the relay worker process and from then on only waits for the worker's result, so
+  bulk data never shares the control sessions' loop. Small transfers (a listing, most files
+  of a session-rate load) end before that and never pay for the message. When the worker
+  cannot take it (gone, its queue full), the relay simply goes on here.
 - No reference cycles: a direction knows the loop, not its relay (the loop holds the relay's
   ``run`` only while a socket is watched), so a finished relay is freed at once by reference
   counting; one cycle per data connection kept the cyclic GC busy under a high session rate.
@@ -68,6 +74,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 256 * 1024
@@ -75,6 +82,7 @@ START_BUFFER_SIZE = 16 * 1024  # until SPLICE_AFTER bytes have passed
 SPLICE_AFTER = 64 * 1024  # a direction makes its pipe (or grows its buffer) past these
 FALLBACK_BUFFER_SIZE = 16 * 1024  # after leaving splice mode (EOF, urgent mark)
 WAKEUP_BYTES = 512 * 1024  # bytes one callback moves at most before yielding to the loop
+HANDOFF_AFTER = 256 * 1024  # bytes moved (both ways) before a relay goes to the worker
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _IDLE, _READ, _WRITE = 0, 1, 2
@@ -88,6 +96,24 @@ class RelayResult:
     a_to_b: int
     b_to_a: int
     error: str | None
+
+
+class Handoff(Protocol):
+    """Where a relay's sockets go once it is big (the relay worker's side in this process)."""
+
+    def take(
+        self,
+        socks: tuple[socket.socket, socket.socket],
+        sent: tuple[int, int],
+        done: tuple[bool, bool],
+        zero_copy: bool,
+    ) -> asyncio.Future[RelayResult] | None:
+        """Send both sockets and the state so far; None when they cannot go (stay here)."""
+        ...
+
+    def cancel(self, result: asyncio.Future[RelayResult]) -> None:
+        """The relay's task was cancelled: the worker closes its sockets."""
+        ...
 
 
 class _RelayError(Exception):
@@ -287,20 +313,30 @@ class _Direction:
         return False
 
 
-class _Relay:
+class Relay:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         a: socket.socket,
         b: socket.socket,
         zero_copy: bool,
+        handoff: Handoff | None = None,
     ) -> None:
         self.loop = loop
         self.socks = (a, b)
-        self.future: asyncio.Future[str | None] = loop.create_future()
+        self.future: asyncio.Future[RelayResult] = loop.create_future()
         self.closed = False
         self.ab = _Direction(loop, "a->b", a, b, zero_copy)
         self.ba = _Direction(loop, "b->a", b, a, zero_copy)
+        self.handoff = handoff
+        self.remote: asyncio.Future[RelayResult] | None = None  # the worker's, once handed
+
+    def resume(self, sent: tuple[int, int], done: tuple[bool, bool]) -> None:
+        """State a relay had before its handoff (the worker's side): bytes already moved,
+        directions already finished (their half-close done)."""
+        for direction, count, finished in zip((self.ab, self.ba), sent, done, strict=True):
+            direction.sent = count
+            direction.done = finished
 
     def start(self) -> None:
         for sock in self.socks:
@@ -325,11 +361,29 @@ class _Relay:
             return
         if self.ab.done and self.ba.done:
             self.finish(None)
+        elif self.handoff is not None and self.ab.sent + self.ba.sent > HANDOFF_AFTER:
+            self._hand_off(self.handoff)
+
+    def _hand_off(self, handoff: Handoff) -> None:
+        if self.ab.pending or self.ba.pending:
+            return  # bytes held here: try again at a later wakeup
+        sent, done = (self.ab.sent, self.ba.sent), (self.ab.done, self.ba.done)
+        remote = handoff.take(self.socks, sent, done, self.ab.zero_copy)
+        if remote is None:
+            self.handoff = None  # it will not get better for this relay: carry on here
+            return
+        self.remote = remote
+        self.close()  # the worker holds its own descriptors now
+        remote.add_done_callback(self._remote_done)
+
+    def _remote_done(self, remote: asyncio.Future[RelayResult]) -> None:
+        if not self.future.done() and not remote.cancelled():
+            self.future.set_result(remote.result())
 
     def finish(self, error: str | None) -> None:
         self.close()
         if not self.future.done():
-            self.future.set_result(error)
+            self.future.set_result(RelayResult(self.ab.sent, self.ba.sent, error))
 
     def close(self) -> None:
         if self.closed:
@@ -340,8 +394,11 @@ class _Relay:
         for sock in self.socks:
             sock.close()
 
-    def result(self, error: str | None) -> RelayResult:
-        return RelayResult(self.ab.sent, self.ba.sent, error)
+    def abandon(self) -> None:
+        """The awaiting task is gone (cancelled): close everything, here or in the worker."""
+        self.close()
+        if self.remote is not None and not self.remote.done() and self.handoff is not None:
+            self.handoff.cancel(self.remote)
 
 
 async def relay(
@@ -350,18 +407,19 @@ async def relay(
     *,
     loop: asyncio.AbstractEventLoop | None = None,
     zero_copy: bool = True,
+    handoff: Handoff | None = None,
 ) -> RelayResult:
     """Relay between two connected non-blocking TCP sockets until both directions end.
 
     The relay owns ``a`` and ``b``: they are closed when it returns, fails or is cancelled.
-    ``zero_copy=False`` forces the ``recv_into``/``send`` path (benchmarks, tests).
+    ``zero_copy=False`` forces the ``recv_into``/``send`` path (benchmarks, tests); with a
+    ``handoff`` a big relay finishes in the relay worker process.
     """
     if loop is None:
         loop = asyncio.get_running_loop()
-    state = _Relay(loop, a, b, zero_copy)
+    state = Relay(loop, a, b, zero_copy, handoff)
     try:
         state.start()
-        error = await state.future
+        return await state.future
     finally:
-        state.close()
-    return state.result(error)
+        state.abandon()

@@ -38,7 +38,7 @@ from ftpalg.core.messages import (
 )
 from ftpalg.ops.events import Failed, Fault
 from ftpalg.ops.observer import Observer
-from ftpalg.proxy.relay import relay
+from ftpalg.proxy.relay import Handoff, relay
 from ftpalg.proxy.sockets import endpoint, is_local_address, make_listener
 
 ACCEPT_PAUSE = 0.1  # seconds a data listener is not polled after accept() failed (EMFILE)
@@ -48,6 +48,7 @@ class PlaneHost(Protocol):
     """What a data plane needs from the gateway."""
 
     loop: asyncio.AbstractEventLoop
+    handoff: Handoff | None  # the relay worker, when big relays leave this process
 
     def next_conn_id(self) -> int: ...
 
@@ -136,7 +137,7 @@ class RelayPlane:
 
     async def _join(self, conn: int, client: socket.socket, server: socket.socket) -> None:
         start = self.loop.time()
-        result = await relay(client, server, loop=self.loop)
+        result = await relay(client, server, loop=self.loop, handoff=self.host.handoff)
         seconds = self.loop.time() - start
         self.feed(DataFinished(conn, result.a_to_b, result.b_to_a, seconds, result.error))
 
@@ -193,7 +194,7 @@ class RelayPlane:
             result_error = f"connect {action.target}: {exc.strerror or exc}"
         else:
             self.feed(DataConnected(action.conn))
-            result = await relay(accepted, dialed, loop=self.loop)
+            result = await relay(accepted, dialed, loop=self.loop, handoff=self.host.handoff)
             a_to_d, d_to_a, result_error = result.a_to_b, result.b_to_a, result.error
         seconds = self.loop.time() - start
         self.feed(DataFinished(action.conn, a_to_d, d_to_a, seconds, result_error))

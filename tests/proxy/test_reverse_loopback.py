@@ -7,8 +7,10 @@ import ftplib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,75 @@ def test_listener_in_use_is_a_one_line_error(reverse_alg: Alg) -> None:
     )
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and "cannot listen on" in run.stderr
+
+
+def worker_pid(alg: Alg) -> int:
+    """ftpalg's one child: the relay worker it forks before its loop starts (the port
+    listens earlier: wait for `started`, when a kernel set-up's helpers are gone too)."""
+    deadline = time.monotonic() + 10
+    while '"started"' not in alg.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    children = Path(f"/proc/{alg.proc.pid}/task/{alg.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def socket_inodes(pid: int) -> set[str]:
+    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return {link[8:-1] for link in links if link.startswith("socket:[")}
+
+
+def listening_inode(host: str, port: int) -> str:
+    """The inode of the TCP socket listening on host:port (/proc/net/tcp, state 0A)."""
+    local = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if fields[1] == local and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+def test_a_big_relay_runs_in_the_worker_process(reverse_alg: Alg, ftp_root: Path) -> None:
+    """Mid-download the worker holds the data connection's two sockets besides its own
+    (never ftpalg's listener); the bytes arrive exact; SIGKILL of ftpalg takes the worker
+    with it."""
+    data = os.urandom(16 << 20)
+    (ftp_root / "big.bin").write_bytes(data)
+    worker = worker_pid(reverse_alg)
+    idle = socket_inodes(worker)  # its socket to ftpalg, and its loop's signal socket pair
+    assert listening_inode(reverse_alg.host, reverse_alg.port) not in idle
+    seen: list[int] = []
+    got = bytearray()
+
+    def chunk(block: bytes) -> None:
+        got.extend(block)
+        if len(got) > 4 << 20 and not seen:
+            seen.append(len(socket_inodes(worker) - idle))
+
+    with ftplib_session(reverse_alg, True) as ftp:
+        ftp.retrbinary("RETR big.bin", chunk, blocksize=1 << 16)
+    assert bytes(got) == data and seen == [2]
+    reverse_alg.proc.send_signal(signal.SIGKILL)
+    reverse_alg.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{worker}").exists()
+
+
+def test_without_its_worker_ftpalg_relays_itself(reverse_alg: Alg, ftp_root: Path) -> None:
+    """The worker killed: one relay_worker_failed line, and big transfers still arrive exact
+    (relayed by ftpalg itself from then on)."""
+    data = os.urandom(4 << 20)
+    (ftp_root / "big.bin").write_bytes(data)
+    os.kill(worker_pid(reverse_alg), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while "relay_worker_failed" not in reverse_alg.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(2):
+        got = bytearray()
+        with ftplib_session(reverse_alg, True) as ftp:
+            ftp.retrbinary("RETR big.bin", got.extend)
+        assert bytes(got) == data
+    failed = [e for e in events(reverse_alg) if e["event"] == "relay_worker_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "error", failed
