@@ -96,6 +96,20 @@ def test_a_direction_finished_before_the_handoff_stays_finished(worker: Worker) 
     run(main())
 
 
+async def take_through(x: socket.socket, y: socket.socket, data: bytes) -> None:
+    """x sends `data` while y reads it all (no reliance on socket buffer sizes)."""
+    loop = asyncio.get_running_loop()
+
+    async def read() -> bytes:
+        got = b""
+        while len(got) < len(data):
+            got += await loop.sock_recv(y, len(data) - len(got))
+        return got
+
+    _, got = await asyncio.gather(loop.sock_sendall(x, data), read())
+    assert got == data
+
+
 async def both_ends_see_the_close(x: socket.socket, y: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for sock in (x, y):
@@ -113,10 +127,8 @@ def test_cancelling_a_handed_relay_closes_its_sockets_in_the_worker(worker: Work
         x, a, b, y = four()
         with x, y:
             task = asyncio.create_task(relay(a, b, handoff=side))
-            loop = asyncio.get_running_loop()
-            await loop.sock_sendall(x, payload(2 * MiB, 4))  # handed off, still open both ways
-            while side.taken == 0:
-                await asyncio.sleep(0.01)
+            await take_through(x, y, payload(2 * MiB, 4))  # handed off, still open both ways
+            assert side.taken == 1
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -134,11 +146,9 @@ def test_a_dead_worker_ends_its_relays_with_an_error_and_later_ones_stay_here(
         x, a, b, y = four()
         with x, y:
             task = asyncio.create_task(relay(a, b, handoff=side))
-            loop = asyncio.get_running_loop()
             first = payload(HANDOFF_AFTER + 1, 5)
-            await loop.sock_sendall(x, first)
-            while side.taken == 0:
-                await asyncio.sleep(0.01)
+            await take_through(x, y, first)
+            assert side.taken == 1
             worker.proc.send_signal(signal.SIGKILL)
             result = await asyncio.wait_for(task, 10)
             assert result.error == GONE and result.b_to_a == 0
@@ -167,12 +177,8 @@ def test_the_worker_ignores_stop_signals_until_the_daemon_lets_go(worker: Worker
         x, a, b, y = four()
         with x, y:
             task = asyncio.create_task(relay(a, b, handoff=side))
-            loop = asyncio.get_running_loop()
-            await loop.sock_sendall(x, down[: 1 * MiB])
-            first = b""
-            while len(first) < 1 * MiB:  # the last of it came through the worker: it serves
-                first += await loop.sock_recv(y, 1 * MiB - len(first))
-            assert first == down[: 1 * MiB] and side.taken == 1
+            await take_through(x, y, down[: 1 * MiB])  # its end came through the worker
+            assert side.taken == 1
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 worker.proc.send_signal(signum)
             await asyncio.sleep(0.1)
