@@ -2,16 +2,16 @@
 session through the same ftpalg downloads the big file, on the relay and on the kernel plane.
 
 How this works: `measure()` runs `bench/load_busy.py` in the client namespace for the two
-ftpalg paths (`ftpalg`: the splice relay carries the download through the ftpalg process that
-also answers the NOOPs' session; `ftpalg-kernel`: nftables forwards it and ftpalg only sees
-the control lines), each once idle (`--idle`, the reference) and once under the download, in
-alternating rounds: the four (path, load) measurements of a round run in an order rotated
-from round to round. `summarize()` takes per path and load the medians over the rounds of p50,
-p99 and the download's MB/s; the figure the issue sets a target for is the *added p99*: the
-relay's p99 under load minus the kernel plane's p99 under the same load (the CPU contention of
-client, server and kernel forwarding on a shared machine is in both; what remains is the time
-a control line waits behind the relay's work). `verdict()` and `markdown()` feed
-`bench.report`.
+ftpalg paths (`ftpalg`: the splice relay carries the download, past its first 256 KiB in
+ftpalg's relay worker process, beside the process that answers the NOOPs' session;
+`ftpalg-kernel`: nftables forwards it and ftpalg only sees the control lines), each once idle
+(`--idle`, the reference) and once under the download, in alternating rounds: the four (path,
+load) measurements of a round run in an order rotated from round to round. `summarize()` takes
+per path and load the medians over the rounds of p50, p99 and the download's MB/s; the figure
+the issue sets a target for is the *added p99*: the relay's p99 under load minus the kernel
+plane's p99 under the same load (the CPU contention of client, server and kernel forwarding on
+a shared machine is in both; what remains is the time a control line waits behind the relay's
+work). `verdict()` and `markdown()` feed `bench.report`.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def markdown(s: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"{cfg['noops']} NOOP round trips on one logged-in session while a second session "
         f"through the same ftpalg downloads the {cfg['size_mib']} MiB file (EPSV, again and "
         "again until the NOOPs are done), and the same idle; medians over the rounds. On the "
-        "relay the download passes through the ftpalg process that answers the NOOP session; "
+        "relay ftpalg's relay worker process (batch priority, nice 10) carries the download "
+        "beside the process that answers the NOOP session; "
         "on the kernel plane nftables forwards it. Added p99 = relay − kernel plane under "
         "the same load.",
         "",

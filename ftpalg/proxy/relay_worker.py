@@ -228,6 +228,7 @@ def serve(sock: socket.socket) -> None:
         loop = asyncio.new_event_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the daemon's to handle
         signal.signal(signum, signal.SIG_IGN)
+    yield_to_interactive_work()
     sock.setblocking(False)
     worker = _Worker(loop, sock)
     loop.add_reader(sock.fileno(), worker.read)
@@ -236,6 +237,22 @@ def serve(sock: socket.socket) -> None:
     finally:
         loop.close()
         sock.close()
+
+
+WORKER_NICE = 10
+
+
+def yield_to_interactive_work() -> None:
+    """Bulk relaying is batch work: it never preempts a process that wakes up (SCHED_BATCH)
+    and yields the CPU to normal ones (nice 10), so the control lines (the daemon, the
+    servers, the clients) are answered first. Measured on the bench's shared 2-vCPU lab
+    (`bench/loaded.py`): NOOP p99 under a relayed download 1.7-2.0 ms with the worker at
+    normal priority, 1.1 ms at nice 10, 1.0 ms at nice 19; download MB/s unchanged within
+    the noise (the relay is one stage of a pipeline: it runs whenever the others wait)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
 
 
 def fork_worker() -> RelayWorker:

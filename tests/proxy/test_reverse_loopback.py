@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ftpalg.proxy.relay_worker import WORKER_NICE
 from tests.proxy.conftest import Alg, sha256
 
 
@@ -146,12 +147,15 @@ def listening_inode(host: str, port: int) -> str:
 
 
 def test_a_big_relay_runs_in_the_worker_process(reverse_alg: Alg, ftp_root: Path) -> None:
-    """Mid-download the worker holds the data connection's two sockets besides its own
-    (never ftpalg's listener); the bytes arrive exact; SIGKILL of ftpalg takes the worker
-    with it."""
+    """The worker runs as batch work at a lower priority; mid-download it holds the data
+    connection's two sockets besides its own (never ftpalg's listener); the bytes arrive
+    exact; SIGKILL of ftpalg takes the worker with it."""
     data = os.urandom(16 << 20)
     (ftp_root / "big.bin").write_bytes(data)
     worker = worker_pid(reverse_alg)
+    assert os.sched_getscheduler(worker) == os.SCHED_BATCH  # yields to control lines
+    daemon_nice = os.getpriority(os.PRIO_PROCESS, reverse_alg.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == min(daemon_nice + WORKER_NICE, 19)
     idle = socket_inodes(worker)  # its socket to ftpalg, and its loop's signal socket pair
     assert listening_inode(reverse_alg.host, reverse_alg.port) not in idle
     seen: list[int] = []
