@@ -212,7 +212,7 @@ def profile_misses(
             if out.exists():
                 profiles[key + (" (native)" if native else "")] = profile.top(out) | {
                     "what": what,
-                    "file": str(out.relative_to(REPO)),
+                    "file": str(out.relative_to(REPO) if out.is_relative_to(REPO) else out),
                 }
     return profiles
 
