@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ftpalg import cli
-from ftpalg.lab import command, ftps_rows, matrix
+from ftpalg.lab import command, ftps_rows, lab_flags, matrix
 from ftpalg.lab.capture import ftp_lines, parse_pcap
 from ftpalg.lab.table import (
     Case,
@@ -37,12 +37,12 @@ from ftpalg.lab.table import (
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
-    assert command.parse_size(text) == size
+    assert lab_flags.parse_size(text) == size
 
 
 def test_human_size() -> None:
     sizes = [8 << 20, 64 << 10, 1 << 30, 1000, 0, (1 << 20) + 1]
-    assert [command.human_size(n) for n in sizes] == [
+    assert [lab_flags.human_size(n) for n in sizes] == [
         "8 MiB",
         "64 KiB",
         "1 GiB",
@@ -53,7 +53,7 @@ def test_human_size() -> None:
 
 
 def test_defaults() -> None:
-    args = command.build_lab_parser().parse_args([])
+    args = lab_flags.build_lab_parser().parse_args([])
     assert (args.server, args.size, args.kernel, args.keep, args.quick) == (
         "pyftpdlib",
         8 << 20,
@@ -61,7 +61,7 @@ def test_defaults() -> None:
         False,
         False,
     )
-    args = command.build_lab_parser().parse_args(
+    args = lab_flags.build_lab_parser().parse_args(
         ["--server", "vsftpd", "--size", "1M", "--kernel", "--keep", "--quick"]
     )
     assert (args.server, args.size, args.kernel, args.keep, args.quick) == (
