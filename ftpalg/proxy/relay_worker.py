@@ -44,6 +44,7 @@ _DONE_A, _DONE_B, _COPY, _ERROR = 1, 2, 4, 8
 _HEAD = struct.Struct("<BQQQB")  # op, relay id, bytes a->b, bytes b->a, flags
 _MAX_MESSAGE = _HEAD.size + 4096
 GONE = "relay worker exited"
+LOST_IN_HANDOFF = "relay worker did not receive the connection (out of descriptors)"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -131,14 +132,14 @@ class RelayWorker:
         self.sock.close()
         if self.pid is None:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
-                return
-            time.sleep(0.01)
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ChildProcessError):  # reaped already: nothing to wait for
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
+                    return
+                time.sleep(0.01)
             os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+            os.waitpid(self.pid, 0)
 
 
 class _Worker:
@@ -167,6 +168,9 @@ class _Worker:
                 continue
             for fd in fds:
                 os.close(fd)
+            if op == _TAKE:  # descriptors lost on the way (the worker out of them): say so
+                self.report(rid, RelayResult(a_to_b, b_to_a, LOST_IN_HANDOFF))
+                continue
             relay = self.relays.pop(rid, None)
             if op == _CANCEL and relay is not None:
                 relay.close()
@@ -182,7 +186,9 @@ class _Worker:
     def finished(self, rid: int, future: asyncio.Future[RelayResult]) -> None:
         if self.relays.pop(rid, None) is None:
             return  # cancelled: nobody waits for it
-        result = future.result()
+        self.report(rid, future.result())
+
+    def report(self, rid: int, result: RelayResult) -> None:
         flags = _ERROR if result.error is not None else 0
         head = _HEAD.pack(_DONE, rid, result.a_to_b, result.b_to_a, flags)
         self.send(head + (result.error or "").encode()[:4096])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 import uvloop
 
 from ftpalg.proxy.relay import HANDOFF_AFTER, RelayResult, relay
-from ftpalg.proxy.relay_worker import GONE, RelayWorker
+from ftpalg.proxy.relay_worker import GONE, LOST_IN_HANDOFF, RelayWorker
 from tests.proxy.test_relay import MiB, four, payload, recv_all, send_all
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,5 +188,35 @@ def test_the_worker_ignores_stop_signals_until_the_daemon_lets_go(worker: Worker
             got = await asyncio.gather(send_all(x, rest), send_all(y, b""), recv_all(y))
             assert await task == RelayResult(len(down), 0, None)
             assert got[2] == (len(rest), sha(rest))
+
+    run(main())
+
+
+def test_a_worker_out_of_descriptors_reports_the_relay_it_could_not_take(
+    worker: Worker,
+) -> None:
+    """The sockets of a TAKE are lost when the worker has no descriptor left for them: the
+    relay still ends, with its counts so far and an error that says why."""
+
+    async def main() -> None:
+        side = worker.attach()
+        x, a, b, y = four()
+        with x, y:  # a first relay proves the worker serves
+            task = asyncio.create_task(relay(a, b, handoff=side))
+            data = payload(HANDOFF_AFTER + 1, 8)
+            got = await asyncio.gather(send_all(x, data), send_all(y, b""), recv_all(y))
+            assert await task == RelayResult(len(data), 0, None) and side.taken == 1
+            assert got[2] == (len(data), sha(data))
+        held = len(os.listdir(f"/proc/{worker.proc.pid}/fd"))
+        resource.prlimit(worker.proc.pid, resource.RLIMIT_NOFILE, (held, held))
+        x, a, b, y = four()
+        with x, y:
+            task = asyncio.create_task(relay(a, b, handoff=side))
+            first = payload(HANDOFF_AFTER + 1, 9)
+            await take_through(x, y, first)
+            result = await asyncio.wait_for(task, 10)
+            assert result == RelayResult(len(first), 0, LOST_IN_HANDOFF) and side.taken == 2
+            await both_ends_see_the_close(x, y)
+        assert side.lost is None  # the worker itself carries on
 
     run(main())
