@@ -24,10 +24,11 @@ summary() {
 trap summary EXIT
 # The suite's own deadline, well inside CI's 90 minutes: on expiry pytest gets SIGINT and
 # prints where it stood (traceback) and the slowest tests so far. No single test runs past
-# pytest-timeout's limit (pyproject.toml) either.
+# pytest-timeout's limit (pyproject.toml) either. --foreground: pytest stays in the
+# terminal's process group, so a Ctrl-C at a terminal still reaches it.
 deadline=${FTPALG_TEST_DEADLINE:-3600}
 set +e
-COVERAGE_FILE="$covdir/.coverage" timeout -s INT -k 120 "$deadline" \
+COVERAGE_FILE="$covdir/.coverage" timeout --foreground -s INT -k 120 "$deadline" \
   .venv/bin/coverage run -m pytest -q --durations=15 "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
