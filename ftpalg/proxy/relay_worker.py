@@ -127,7 +127,8 @@ class RelayWorker:
         if self.sock.fileno() < 0:
             return  # closed already
         if self.loop is not None and self.lost is None:
-            self.loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(RuntimeError):  # the loop is closed already (a crash)
+                self.loop.remove_reader(self.sock.fileno())
         self.lost = self.lost or "closed"
         self.sock.close()
         if self.pid is None:
