@@ -90,7 +90,7 @@ async def serve(
         mode="reverse" if config.upstream else "transparent",
         upstream=str(config.upstream) if config.upstream else None,
         policy="loose" if config.loose else "strict",
-        data_plane="kernel" if kernel_data else "relay",
+        data_plane=gateway.default_plane(),
     )
     sdnotify.ready()  # systemd Type=notify: serving from now on
     await stop.wait()

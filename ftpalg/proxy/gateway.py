@@ -134,6 +134,12 @@ class Gateway:
                 reason=NAT64_RELAY,
             )
 
+    def default_plane(self) -> str:
+        """The plane that carries a session's data unless the session needs the relay (the
+        `started` line): tls = terminate relays every session (its data may be TLS)."""
+        usable = self.kernel_data is not None and self.policy.tls != "terminate"
+        return "kernel" if usable else "relay"
+
     def _plane_factory(
         self, faces: Faces
     ) -> tuple[str, Callable[[ControlSession], DataPlane] | None]:

@@ -252,6 +252,9 @@ def test_prot_c_carries_plain_data(site: Site) -> None:
     got = ftplib_run(site, "C")
     assert got["sha256"] == site.digest
     assert got["pbsz"].startswith("200") and got["prot"].startswith("200"), got
+    # every session of tls = terminate is relayed (its data may be TLS): the start line says so
+    assert site.alg.named("started")[0]["data_plane"] == "relay"
+    assert {e["data_plane"] for e in site.alg.named("session_opened")} == {"relay"}
 
 
 def test_garbage_and_a_stalled_handshake_lose_only_their_session(site: Site) -> None:
