@@ -150,7 +150,7 @@ class Metrics:
             _OFFSET_BUCKETS,
         )
         self.violations = counter("protocol_violations", "Framing errors (session closed)", "side")
-        self.errors = counter("errors", "Internal, accept and xferlog errors", "what")
+        self.errors = counter("errors", "Internal, accept, xferlog and relay worker errors", "what")
         self.reloads = counter("config_reloads", "SIGHUP reloads", "result")
         self.tls = counter("tls_sessions", "Sessions whose client sent AUTH, by outcome", "outcome")
         self.conversions = counter(
