@@ -10,8 +10,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -86,14 +88,28 @@ def test_dial_socket_port_zero_defers_port_choice() -> None:
             assert d.getsockname()[1] > 0
 
 
+def tcp_states(port: int) -> set[str]:
+    """The states (/proc/net/tcp hex codes) of IPv4 sockets whose local port is `port`."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return {r.split()[3] for r in rows if int(r.split()[1].split(":")[1], 16) == port}
+
+
 def test_dial_socket_fixed_port_and_reuse() -> None:
+    """A fixed source port is bound again while its last connection is in TIME_WAIT (the
+    next data connection from the same port)."""
     with make_listener(V4, 0, transparent=False) as lst:
         port = lst.getsockname()[1]
         a = make_dial_socket(V4, 0, transparent=False)
         a.setblocking(True)
         a.connect(("127.0.0.1", port))
         src_port = a.getsockname()[1]
-        a.close()  # TIME_WAIT on our side
+        peer, _ = lst.accept()
+        a.close()  # our side closes first: TIME_WAIT once the peer's FIN has come
+        peer.close()
+        deadline = time.monotonic() + 5
+        while tcp_states(src_port) != {"06"} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tcp_states(src_port) == {"06"}  # TIME_WAIT, nothing else on the port
         with make_dial_socket(V4, src_port, transparent=False) as b:
             assert b.getsockname() == ("127.0.0.1", src_port)
 
