@@ -138,7 +138,7 @@ def run_daemon(config: Config, argv: Sequence[str] = ()) -> int:
     try:
         factory = loop_factory()  # imports uvloop while its files are surely readable
         ops.drop_privileges()  # --user: after the root-only set-up, before the loop
-        worker = fork_worker()  # as the dropped user, before a loop exists
+        worker = fork_worker(factory)  # as the dropped user, before a loop exists
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config, listeners, ops, kernel, worker))
     except PrivilegeError as exc:

@@ -225,14 +225,10 @@ class _Worker:
         self.loop.stop()
 
 
-def serve(sock: socket.socket) -> None:
-    """The worker's loop (uvloop when there is one) until the daemon closes its end."""
-    try:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        loop = asyncio.new_event_loop()
+def serve(sock: socket.socket, new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """The worker's loop (the daemon's kind: `daemon.loop_factory`) until the daemon closes
+    its end."""
+    loop = new_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the daemon's to handle
         signal.signal(signum, signal.SIG_IGN)
     yield_to_interactive_work()
@@ -262,7 +258,7 @@ def yield_to_interactive_work() -> None:
         os.nice(WORKER_NICE)
 
 
-def fork_worker() -> RelayWorker:
+def fork_worker(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> RelayWorker:
     """Fork the worker (before the daemon's loop exists: no loop state is copied)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     parent = os.getpid()
@@ -272,7 +268,7 @@ def fork_worker() -> RelayWorker:
         try:
             ours.close()
             _become_worker(theirs.fileno(), parent)
-            serve(theirs)
+            serve(theirs, new_loop)
             status = 0
         finally:
             os._exit(status)
@@ -293,7 +289,9 @@ def _become_worker(keep: int, parent: int) -> None:  # pragma: no cover - in the
 
 def main(argv: list[str]) -> int:
     """`python -m ftpalg.proxy.relay_worker FD`: serve on an inherited socket (tests)."""
-    serve(socket.socket(fileno=int(argv[0])))
+    from ftpalg.proxy.daemon import loop_factory  # not at the top: the daemon imports us
+
+    serve(socket.socket(fileno=int(argv[0])), loop_factory())
     return 0
 
 
